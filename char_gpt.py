@@ -1,0 +1,811 @@
+"""char_gpt.py: a character-level GPT, written to be read top to bottom.
+
+What you will learn, in this order:
+  1. configuration: every knob in one dataclass, filled from the command line;
+  2. data: a vocabulary of characters, encode/decode, a 90/10 train/val split, random windows;
+  3. the model: self-attention written out as softmax(QK^T / sqrt(d_k) + mask) V, then the fast
+     kernel that computes the same thing; multi-head attention, the feed-forward net, a Transformer
+     block, and the GPT that stacks them;
+  4. training: AdamW, a learning rate that warms up and then decays over a time budget, evaluation,
+     checkpoints that survive a crash or Ctrl-C;
+  5. sampling: temperature, top-k, and a key/value cache so each new character costs one step.
+
+Run it:
+  python char_gpt.py                                  # train on input.txt, then print a sample
+  python char_gpt.py --max_seconds=60                 # a one-minute run
+  python char_gpt.py --sample_only --prompt="ROMEO:"  # sample from the last checkpoint
+  torchrun --standalone --nproc_per_node=2 char_gpt.py   # several processes (DDP)
+  python char_gpt.py --help                           # every flag with its default
+
+Outputs go to --out_dir (default out/char_gpt): ckpt.pt, log.csv, metrics.json, loss.png.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+import typing
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# 1. Configuration
+# -----------------------------------------------------------------------------
+# A default of None means "chosen for the device": a laptop CPU and a GPU want different models.
+# The CPU defaults are the best we measured for a few minutes on 2 cores (README, "Results").
+
+KIND = "char_gpt"  # written into checkpoints, so char_rnn.py's checkpoints are told apart
+
+
+class UsageError(Exception):
+    """A problem with the input or the flags: reported as one line, without a traceback."""
+
+
+@dataclass
+class Config:
+    # I/O
+    input: str = "input.txt"
+    out_dir: str = "out/char_gpt"
+    device: str = "auto"
+    seed: int = 1337
+    # how long to train: whichever limit comes first (no limit set: --max_seconds for the device)
+    max_iters: int | None = None
+    max_seconds: float | None = None
+    eval_interval: int | None = None
+    eval_iters: int = 20
+    log_interval: int = 50
+    # data and model
+    batch_size: int | None = None
+    block_size: int | None = None
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    dropout: float | None = None
+    # optimisation
+    learning_rate: float | None = None
+    min_lr: float | None = None
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    dtype: str = "auto"
+    compile: bool = False
+    # resuming and sampling
+    resume: bool = False
+    sample_only: bool = False
+    prompt: str = "\n"
+    max_new_tokens: int = 500
+    num_samples: int = 1
+    temperature: float = 0.8
+    top_k: int | None = None
+
+
+# Per-device defaults for the fields left at None.
+# cpu: measured best val loss in 3 minutes on 2 cores. gpu: the classic "baby GPT" for Shakespeare.
+DEVICE_DEFAULTS = {
+    "cpu": dict(max_seconds=300, eval_interval=250, batch_size=32, block_size=128, n_layer=4, n_head=4,
+                n_embd=128, dropout=0.0, learning_rate=2e-3, min_lr=2e-4),
+    "gpu": dict(max_seconds=90, eval_interval=250, batch_size=64, block_size=256, n_layer=6, n_head=6,
+                n_embd=384, dropout=0.2, learning_rate=1e-3, min_lr=1e-4),
+}
+
+HELP = {
+    "input": "UTF-8 text file to learn from",
+    "out_dir": "where ckpt.pt, log.csv, metrics.json and loss.png go",
+    "device": "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps",
+    "seed": "random seed (data order, initialisation, dropout, sampling)",
+    "max_iters": "stop after this many iterations",
+    "max_seconds": "stop after this many seconds of training; the learning rate decays over this budget "
+                   "(default when neither limit is given: cpu 300, gpu 90)",
+    "eval_interval": "evaluate train/val loss and save a checkpoint every N iterations (default 250)",
+    "eval_iters": "batches averaged for each evaluated loss",
+    "log_interval": "print a progress line every N iterations",
+    "batch_size": "sequences per step (cpu 32, gpu 64)",
+    "block_size": "context length in characters (cpu 128, gpu 256)",
+    "n_layer": "Transformer blocks (cpu 4, gpu 6)",
+    "n_head": "attention heads per block (cpu 4, gpu 6)",
+    "n_embd": "width of the residual stream (cpu 128, gpu 384)",
+    "dropout": "dropout probability (cpu 0.0, gpu 0.2)",
+    "learning_rate": "peak learning rate (cpu 2e-3, gpu 1e-3)",
+    "min_lr": "learning rate at the end of the cosine decay (cpu 2e-4, gpu 1e-4)",
+    "warmup_iters": "iterations of linear warm-up from 0 to --learning_rate",
+    "weight_decay": "AdamW weight decay, applied to weight matrices only",
+    "grad_clip": "clip the gradient norm to this (0: off)",
+    "dtype": "auto (bfloat16 on a GPU that has it, else float32), float32, bfloat16 or float16",
+    "compile": "compile the model with torch.compile (worth it on a GPU)",
+    "resume": "continue training from out_dir/ckpt.pt",
+    "sample_only": "do not train: load out_dir/ckpt.pt and print samples",
+    "prompt": "text the samples continue",
+    "max_new_tokens": "characters to generate per sample",
+    "num_samples": "how many samples to print",
+    "temperature": "divide the logits by this: < 1 safer, > 1 wilder",
+    "top_k": "sample only from the k most likely characters (default: all)",
+}
+
+
+def parse_bool(s):
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def flag_type(t):
+    """int -> int; int | None -> int (None is the "not given" default)."""
+    return t if isinstance(t, type) else next(a for a in typing.get_args(t) if a is not type(None))
+
+
+def parse_args(argv=None) -> Config:
+    """Flags mirror the Config fields: --name=value or --name value; a bare --resume means true."""
+    parser = OneLineParser(description=__doc__.split("\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(Config):
+        kind = flag_type(f.type)
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", type=parse_bool, nargs="?", const=True, default=f.default,
+                                help=HELP[f.name])
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=HELP[f.name])
+    return Config(**vars(parser.parse_args(argv)))
+
+
+def pick_device(name):
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device={name} but no CUDA GPU is visible: use --device=cpu")
+        if name == "mps" and not torch.backends.mps.is_available():
+            raise UsageError("--device=mps but MPS is not available: use --device=cpu")
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def fill_defaults(cfg: Config, device: str) -> Config:
+    """Replace each None by the default for this device, then check the sizes make sense."""
+    if cfg.max_iters is None and cfg.max_seconds is None:
+        cfg.max_seconds = DEVICE_DEFAULTS["cpu" if device == "cpu" else "gpu"]["max_seconds"]
+    for name, value in DEVICE_DEFAULTS["cpu" if device == "cpu" else "gpu"].items():
+        if getattr(cfg, name) is None and name not in ("max_seconds",):
+            setattr(cfg, name, value)
+    if cfg.min_lr > cfg.learning_rate:
+        cfg.min_lr = cfg.learning_rate
+    check_sizes(cfg)
+    return cfg
+
+
+def check_sizes(cfg: Config):
+    for name in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "eval_iters",
+                 "log_interval"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name}={getattr(cfg, name)} must be at least 1")
+    for name in ("max_iters", "max_seconds"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise UsageError(f"--{name}={getattr(cfg, name)} must be positive")
+    if cfg.n_embd % cfg.n_head:
+        raise UsageError(f"--n_embd={cfg.n_embd} is not divisible by --n_head={cfg.n_head}: "
+                         f"each head gets n_embd / n_head dimensions, e.g. --n_embd={cfg.n_head * 32}")
+    if not 0 <= cfg.dropout < 1:
+        raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
+    if cfg.learning_rate <= 0:
+        raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
+    if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UsageError(f"--dtype={cfg.dtype}: use auto, float32, bfloat16 or float16")
+
+
+# -----------------------------------------------------------------------------
+# 2. Data
+# -----------------------------------------------------------------------------
+# A character-level model reads text one character (Unicode code point) at a time. The vocabulary
+# is the sorted set of characters in the text; a character's id is its index in that list.
+
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"input file {path} not found: pass --input=PATH to a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--input={path} is a directory: pass a UTF-8 text file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"input file {path} is not UTF-8 text (byte {e.start}): "
+                         "convert it, e.g. iconv -t utf-8") from None
+    if not text:
+        raise UsageError(f"input file {path} is empty: give it some text to learn from")
+    return text
+
+
+def build_vocab(text):
+    """The sorted distinct characters of the text: ids 0..V-1."""
+    return sorted(set(text))
+
+
+def encode(s, stoi):
+    return [stoi[c] for c in s]
+
+
+def decode(ids, itos):
+    return "".join(itos[i] for i in ids)
+
+
+def split_data(text, stoi, block_size):
+    """First 90% of the text to train on, last 10% to validate on: one long tensor of ids each."""
+    data = torch.tensor(encode(text, stoi), dtype=torch.long)
+    n = int(0.9 * len(data))
+    train, val = data[:n], data[n:]
+    need = math.ceil((block_size + 2) / 0.1)  # the 10% split must hold one window plus its target
+    if len(val) < block_size + 2:
+        raise UsageError(f"the input has {len(text):,} characters, too short for --block_size={block_size} "
+                         f"(the 10% validation split needs a window): use at least {need:,} characters "
+                         "or a smaller --block_size")
+    return train, val
+
+
+def get_batch(data, batch_size, block_size, generator):
+    """batch_size random windows of the text; targets are the same windows shifted one to the left."""
+    ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+    offsets = torch.arange(block_size + 1)
+    windows = data[ix[:, None] + offsets]        # (B, T+1), one gather instead of a Python loop
+    return windows[:, :-1], windows[:, 1:]       # x: (B, T), y: (B, T)
+
+
+# -----------------------------------------------------------------------------
+# 3. The model
+# -----------------------------------------------------------------------------
+# 3a. Self-attention, written out once.
+# Each position t makes a query q_t, a key k_t and a value v_t (linear maps of its vector).
+# The score of t looking at s is q_t . k_s / sqrt(d_k): dividing by sqrt(d_k) keeps the scores'
+# variance near 1, so the softmax does not saturate. A causal mask sets the score to -inf for
+# s > t (the future), so after the softmax those weights are exactly 0. The output at t is the
+# weighted average of the values:   out = softmax(Q K^T / sqrt(d_k) + mask) V
+
+def attention(q, k, v):
+    """Causal attention in plain tensor ops. q, k, v: (B, nh, T, hs). Returns (output, weights)."""
+    T, d_k = q.size(-2), q.size(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)                        # (B, nh, T, T)
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=q.device), diagonal=1)
+    scores = scores.masked_fill(future, float("-inf"))
+    weights = F.softmax(scores, dim=-1)                                      # rows sum to 1
+    return weights @ v, weights                                              # (B, nh, T, hs)
+
+
+# 3b. Multi-head attention. One matrix makes q, k and v for all heads at once (3 x n_embd outputs);
+# each head attends in its own n_embd / n_head dimensions, and c_proj mixes the heads back.
+# The fast path calls F.scaled_dot_product_attention, which computes the same formula as
+# `attention` in one fused kernel (flash attention on a GPU); a test checks they agree.
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.by_hand = False      # True: use `attention` above and keep the weights in .weights
+        self.weights = None
+
+    def forward(self, x, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)                             # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:     # sampling: prepend the keys/values of the characters seen so far
+            k, v = cache.extend(k, v)                                        # (B, nh, T_past + T, hs)
+        if self.by_hand:
+            y, self.weights = attention(q, k, v)
+        else:
+            # Causal when queries and keys start together; a one-character query against a cache
+            # may look at every cached key, so no mask is needed then.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=q.size(2) > 1,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                      # heads side by side
+        return self.resid_drop(self.c_proj(y))
+
+
+# 3c. The feed-forward net, applied to each position on its own: W2 GELU(W1 x + b1) + b2.
+# It widens to 4 x n_embd, bends with GELU (a smooth ReLU: x * Phi(x)), and narrows back.
+# We leave out the biases b1, b2 (as in the other linear maps): they add little and cost time.
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+# 3d. A Transformer block, pre-LayerNorm: normalise, transform, add back to the residual stream.
+#   x = x + attn(ln1(x));   x = x + mlp(ln2(x))
+# The residual path lets gradients flow straight from the loss to the first layer.
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=False)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=False)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class KVCache:
+    """The keys and values one attention layer has computed so far, so sampling can skip them."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def extend(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+# 3e. The GPT: token embedding + position embedding -> n_layer blocks -> LayerNorm -> logits.
+# The output layer shares its matrix with the token embedding ("weight tying"): reading a
+# character in and writing it out use the same vectors, which saves parameters and learns faster.
+
+class GPT(nn.Module):
+    def __init__(self, cfg, vocab_size):
+        super().__init__()
+        self.block_size = cfg.block_size
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        # GPT-2 initialisation: weights ~ N(0, 0.02). Each block adds two outputs to the residual
+        # stream, so its variance grows with depth; the projections that write into it start
+        # smaller, std 0.02 / sqrt(2 * n_layer), to keep the sum's scale fixed.
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith("c_proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def forward(self, idx, targets=None, caches=None):
+        """idx: (B, T) ids. Returns logits (B, T, V) and, given targets, the mean cross-entropy."""
+        B, T = idx.shape
+        start = 0 if caches is None or caches[0].k is None else caches[0].k.size(2)
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))                          # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])
+        logits = self.lm_head(self.ln_f(x))                                   # (B, T, V)
+        if targets is None:
+            return logits, None
+        # loss = -mean over positions of log p(next character | the characters up to it)
+        loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, idx):
+        """Attention weights of every layer for input idx: a list of (B, n_head, T, T) tensors."""
+        attns = [block.attn for block in self.blocks]
+        for a in attns:
+            a.by_hand = True
+        try:
+            self.forward(idx)
+            return [a.weights for a in attns]
+        finally:
+            for a in attns:
+                a.by_hand, a.weights = False, None
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+# -----------------------------------------------------------------------------
+# 4. Training
+# -----------------------------------------------------------------------------
+# 4a. The learning rate: linear warm-up (Adam's early steps are noisy), then a cosine decay from
+# learning_rate to min_lr. `progress` runs 0 -> 1 over the budget, counted in iterations or in
+# seconds, whichever ends first, so a 5-minute run decays over 5 minutes.
+#   lr = min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2
+
+def get_lr(it, progress, cfg):
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / cfg.warmup_iters
+    return cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def budget_progress(it, elapsed, cfg):
+    by_iters = it / cfg.max_iters if cfg.max_iters else 0.0
+    by_time = elapsed / cfg.max_seconds if cfg.max_seconds else 0.0
+    return max(by_iters, by_time)
+
+
+def make_optimizer(model, cfg, device_type):
+    """AdamW; weight decay pulls matrices toward 0, but never the LayerNorm gains."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel updates every parameter, instead of a few ops per tensor
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99),
+                             fused=device_type in ("cuda", "cpu", "mps"))
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, cfg, device, autocast):
+    """Mean loss over eval_iters batches of each split, on the same batches every time (fixed seed),
+    so successive evaluations differ only because the model changed."""
+    model.eval()
+    out = {}
+    for name, data in splits.items():
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        losses = []
+        for _ in range(cfg.eval_iters):
+            x, y = get_batch(data, cfg.batch_size, cfg.block_size, g)
+            with autocast:
+                _, loss = model(x.to(device), y.to(device))
+            losses.append(loss.item())
+        out[name] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+# 4b. Checkpoints. torch.save writes a pickle; loading an arbitrary pickle can run code, so we store
+# only tensors and plain Python values and load with weights_only=True. A checkpoint is written to
+# a temporary file and then renamed: the rename is atomic, so a crash mid-write keeps the old one.
+
+def save_checkpoint(path, state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.exists(path):
+        raise UsageError(f"no checkpoint at {path}: train first (python {KIND}.py) "
+                         "or point --out_dir at a run")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise UsageError(f"{path} is not a readable checkpoint (truncated or damaged?): "
+                         "delete it and train again") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
+        writer = ckpt.get("kind") if isinstance(ckpt, dict) else None
+        writer = f"{writer}.py" if writer else "another program"
+        raise UsageError(f"{path} was written by {writer}, not {KIND}.py: point --out_dir at a {KIND} run")
+    return ckpt
+
+
+def prepare_out_dir(out_dir):
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write to --out_dir={out_dir} ({e.strerror}): "
+                         "choose a writable folder") from None
+
+
+# 4c. Several processes (torchrun): each trains on its own random batches; DistributedDataParallel
+# averages the gradients after backward, so every copy of the model takes the same step.
+
+def setup_ddp(device):
+    import torch.distributed as dist
+    rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return rank, world, device
+
+
+def write_outputs(out_dir, history, metrics):
+    with open(os.path.join(out_dir, "log.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s"])
+        w.writerows(history)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    plot_losses(history, os.path.join(out_dir, "loss.png"))
+
+
+def plot_losses(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    its = [row[0] for row in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(its, [row[1] for row in history], label="train")
+    ax.plot(its, [row[2] for row in history], label="val")
+    ax.set(xlabel="iteration", ylabel="loss (nats per character)", title=f"{KIND}: loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fmt_seconds(s):
+    return f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+# Peak dense bf16 TFLOP/s of known GPUs, for the MFU (model FLOPs utilisation) in the log.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
+
+
+def peak_flops(device):
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def flops_per_token(n_params, cfg):
+    # 6 FLOPs per parameter per token (2 forward, 4 backward) + attention's QK^T and AV
+    return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
+def train(cfg: Config, quiet=False):
+    """Train a GPT as cfg says. Returns a dict: model, itos, history (rows of log.csv), metrics."""
+    say = (lambda *a, **k: None) if quiet else print
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    device = pick_device(cfg.device)
+    rank, world = 0, 1
+    if ddp:
+        rank, world, device = setup_ddp(device)
+        if rank != 0:
+            say = lambda *a, **k: None  # noqa: E731  (one process talks)
+    device_type = device.split(":")[0]
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
+    if ckpt:  # the model's shape comes from the checkpoint; the budget and logging from the flags
+        for name in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout"):
+            setattr(cfg, name, ckpt["config"][name])
+    cfg = fill_defaults(cfg, device_type)
+    if rank == 0:
+        prepare_out_dir(cfg.out_dir)
+
+    # data
+    text = read_text(cfg.input)
+    itos = ckpt["itos"] if ckpt else build_vocab(text)
+    stoi = {c: i for i, c in enumerate(itos)}
+    if ckpt and set(text) - set(stoi):
+        raise UsageError(f"{cfg.input} has characters the checkpoint's vocabulary lacks: "
+                         "resume on the text it was trained on")
+    train_data, val_data = split_data(text, stoi, cfg.block_size)
+
+    # model, optimizer, precision
+    torch.manual_seed(cfg.seed + rank)
+    model = GPT(cfg, len(itos)).to(device)
+    optimizer = make_optimizer(model, cfg, device_type)
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    autocast = (nullcontext() if dtype == "float32"
+                else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, 10-bit mantissa
+        torch.backends.cudnn.allow_tf32 = True
+    data_gen = torch.Generator().manual_seed(cfg.seed + rank)
+    it, best_val, history = 0, float("inf"), []
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        it, best_val, history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
+        torch.set_rng_state(ckpt["rng"])
+        data_gen.set_state(ckpt["data_rng"])
+    n_params = count_params(model)
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
+    say(f"{KIND}: {n_params:,} parameters, vocabulary {len(itos)}, {len(train_data):,} training characters, "
+        f"device {device}, {dtype}" + (f", {world} processes" if ddp else ""))
+
+    def checkpoint():
+        if rank == 0:
+            save_checkpoint(ckpt_path, {
+                "kind": KIND, "config": asdict(cfg), "itos": itos, "iter": it, "best_val_loss": best_val,
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(), "data_rng": data_gen.get_state(), "history": history})
+
+    def evaluate(elapsed, tokens_per_s):
+        nonlocal best_val
+        losses = estimate_loss(raw_model, {"train": train_data, "val": val_data}, cfg, device, autocast)
+        best_val = min(best_val, losses["val"])
+        history.append((it, round(losses["train"], 4), round(losses["val"], 4), round(elapsed, 1),
+                        round(tokens_per_s)))
+        say(f"eval iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        checkpoint()
+
+    tokens_per_iter = cfg.batch_size * cfg.block_size * world
+    peak = peak_flops(device)
+    elapsed_before = history[-1][3] if history else 0.0
+    t_start = time.perf_counter()
+    t_log, it_log, tokens_per_s = t_start, it, 0.0
+    try:
+        while True:
+            elapsed = elapsed_before + time.perf_counter() - t_start
+            if ddp:  # every process must agree on the clock, or their learning rates would differ
+                clock = torch.tensor([elapsed], device=device)
+                torch.distributed.broadcast(clock, 0)
+                elapsed = clock.item()
+            progress = budget_progress(it, elapsed, cfg)
+            done = progress >= 1.0
+            if it % cfg.eval_interval == 0 and not (ckpt and it == ckpt["iter"]) or done:
+                t_eval = time.perf_counter()
+                evaluate(elapsed, tokens_per_s)
+                t_log += time.perf_counter() - t_eval  # evaluation time is not training speed
+            if done:
+                break
+            lr = get_lr(it, progress, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, data_gen)
+            with autocast:
+                _, loss = model(x.to(device), y.to(device))
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            it += 1
+            if it % cfg.log_interval == 0:
+                lossf = loss.item()
+                if not math.isfinite(lossf):
+                    raise UsageError(f"the loss became {lossf} at iteration {it}: "
+                                     "lower --learning_rate or keep --grad_clip on")
+                now = time.perf_counter()
+                dt = (now - t_log) / (it - it_log)
+                t_log, it_log = now, it
+                tokens_per_s = tokens_per_iter / dt
+                mfu = f" | mfu {flops_per_token(n_params, cfg) * tokens_per_s / peak:.0%}" if peak else ""
+                left = (elapsed / progress - elapsed) if progress > 0 else float("nan")
+                say(f"iter {it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {tokens_per_s:,.0f} tok/s"
+                    f"{mfu} | lr {lr:.2e} | {fmt_seconds(left)} left")
+    except KeyboardInterrupt:
+        checkpoint()
+        say(f"\ninterrupted at iteration {it}: checkpoint saved to {ckpt_path} (continue with --resume)")
+        raise
+    finally:
+        if ddp:
+            torch.distributed.destroy_process_group()
+
+    metrics = {"best_val_loss": best_val, "final_val_loss": history[-1][2], "iters": it,
+               "train_seconds": round(elapsed, 1), "tokens_per_second": round(tokens_per_s),
+               "params": n_params, "device": device, "config": asdict(cfg)}
+    if rank == 0:
+        write_outputs(cfg.out_dir, history, metrics)
+        say(f"best val loss {best_val:.4f}; wrote {cfg.out_dir}/ckpt.pt, log.csv, metrics.json, loss.png")
+    return {"model": raw_model, "itos": itos, "history": history, "metrics": metrics, "rank": rank,
+            "device": device}
+
+
+# -----------------------------------------------------------------------------
+# 5. Sampling
+# -----------------------------------------------------------------------------
+# To sample, turn the last position's logits into probabilities p = softmax(logits / temperature),
+# optionally keep only the top_k most likely characters, draw one, append it, and repeat.
+# Without a cache, each new character re-runs the whole window. With a key/value cache, each layer
+# keeps the keys and values it already computed, so a new character costs one position's forward.
+# Our position embeddings are absolute (0..block_size-1), so the cache cannot simply slide: when it
+# is full, we crop the text to its last block_size // 2 characters and recompute the cache from
+# them (one half-window forward per block_size // 2 new characters).
+
+def sample_next(logits, temperature, top_k, generator=None):
+    """logits: (B, V) -> ids (B, 1). temperature 0 means greedy (always the most likely)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=None, generator=None):
+    """Continue idx (B, T) by max_new_tokens ids, with a key/value cache. on_token(ids) sees each step."""
+    model.eval()
+    T = model.block_size
+    context = idx[:, -T:]
+    caches = [KVCache() for _ in model.blocks]
+    logits, _ = model(context, caches=caches)                # prefill: the whole prompt at once
+    for _ in range(max_new_tokens):
+        nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
+        idx = torch.cat([idx, nxt], dim=1)
+        if on_token:
+            on_token(nxt)
+        if caches[0].k.size(2) < T:                          # room left: feed one character
+            logits, _ = model(nxt, caches=caches)
+        else:                                                # full: crop and recompute
+            caches = [KVCache() for _ in model.blocks]
+            logits, _ = model(idx[:, -(T // 2):], caches=caches)
+    return idx
+
+
+@torch.no_grad()
+def generate_naive(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    """The same sampling without a cache: every step re-runs the last block_size characters."""
+    model.eval()
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -model.block_size:])
+        idx = torch.cat([idx, sample_next(logits[:, -1, :], temperature, top_k, generator)], dim=1)
+    return idx
+
+
+def load_model(out_dir, device="cpu"):
+    """The trained model and its vocabulary from out_dir/ckpt.pt."""
+    ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    cfg = Config(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(Config)}})
+    model = GPT(cfg, len(ckpt["itos"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt["itos"]
+
+
+def print_samples(model, itos, cfg, device):
+    if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
+        raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise UsageError(f"--top_k={cfg.top_k} must be at least 1")
+    stoi = {c: i for i, c in enumerate(itos)}
+    missing = sorted(set(cfg.prompt) - set(stoi))
+    if missing:
+        raise UsageError(f"the prompt has characters the model never saw: {''.join(missing)!r}; "
+                         "use characters from the training text")
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    for i in range(cfg.num_samples):
+        print(f"--- sample {i + 1} ---" if cfg.num_samples > 1 else "--- sample ---")
+        print(cfg.prompt, end="", flush=True)
+        idx = torch.tensor([encode(cfg.prompt, stoi)], device=device)
+        generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                 on_token=lambda t: print(itos[t.item()], end="", flush=True), generator=g)
+        print()
+
+
+# -----------------------------------------------------------------------------
+# 6. Main
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    if cfg.sample_only:
+        device = pick_device(cfg.device)
+        model, itos = load_model(cfg.out_dir, device)
+        print_samples(model, itos, cfg, device)
+        return
+    result = train(cfg)
+    if result["rank"] == 0:
+        print_samples(result["model"], result["itos"], cfg, result["device"])
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

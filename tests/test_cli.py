@@ -1,0 +1,222 @@
+"""The command line of char_rnn.py and char_gpt.py: the same flags, outputs and errors, tested on both.
+
+Every test here runs the real script in a subprocess, the way a user does, with a tiny model.
+"""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import REPO, SMALL_TEXT, assert_one_line_error, run
+
+SCRIPTS = [s for s in ("char_gpt.py", "char_rnn.py") if (REPO / s).exists()]
+TINY = {
+    "char_gpt.py": ["--n_layer", 1, "--n_head", 2, "--n_embd", 16, "--block_size", 16, "--batch_size", 4],
+    "char_rnn.py": ["--n_layer", 1, "--n_embd", 16, "--block_size", 16, "--batch_size", 4],
+}
+KIND = {"char_gpt.py": "char_gpt", "char_rnn.py": "char_rnn"}
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(SMALL_TEXT, encoding="utf-8")
+    return path
+
+
+def train(script, tmp_path, text_file, *args):
+    return run(script, "--input", text_file, "--out_dir", tmp_path / "out", "--eval_iters", 2,
+               "--log_interval", 5, *TINY[script], *args)
+
+
+# ---------------------------------------------------------------- a whole run, end to end
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_twenty_iterations_then_a_sample(script, tmp_path, text_file):
+    proc = train(script, tmp_path, text_file, "--max_iters", 20, "--eval_interval", 10,
+                 "--max_new_tokens", 50, "--prompt", "ROMEO:")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    assert {"ckpt.pt", "log.csv", "metrics.json", "loss.png"} <= {p.name for p in out.iterdir()}
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert list(rows[0]) == ["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s"]
+    assert [int(r["iter"]) for r in rows] == [0, 10, 20]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learned something
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("best_val_loss", "final_val_loss", "iters", "train_seconds", "tokens_per_second", "params"):
+        assert key in metrics
+    assert metrics["iters"] == 20 and metrics["final_val_loss"] == float(rows[-1]["val_loss"])
+    assert "ms/iter" in proc.stdout and "tok/s" in proc.stdout and "val loss" in proc.stdout
+    sample = proc.stdout.split("--- sample ---\n")[1]
+    assert sample.startswith("ROMEO:") and len(sample.rstrip("\n")) >= len("ROMEO:") + 50 - 5
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_sample_only_streams_from_the_checkpoint(script, tmp_path, text_file):
+    assert train(script, tmp_path, text_file, "--max_iters", 5, "--max_new_tokens", 1).returncode == 0
+    proc = run(script, "--sample_only", "--out_dir", tmp_path / "out", "--num_samples", 2,
+               "--max_new_tokens", 30, "--prompt", "the ", "--top_k", 5, "--temperature", 0.5)
+    assert proc.returncode == 0, proc.stderr
+    samples = proc.stdout.split("--- sample ")[1:]
+    assert len(samples) == 2 and all(s.split("\n", 1)[1].startswith("the ") for s in samples)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_documents_every_flag_with_its_default(script):
+    proc = run(script, "--help")
+    assert proc.returncode == 0
+    for flag in ("--input", "--out_dir", "--device", "--seed", "--max_iters", "--max_seconds", "--eval_interval",
+                 "--eval_iters", "--batch_size", "--block_size", "--n_layer", "--n_embd", "--dropout",
+                 "--learning_rate", "--weight_decay", "--grad_clip", "--resume", "--sample_only", "--prompt",
+                 "--max_new_tokens", "--num_samples", "--temperature", "--top_k", "--min_lr", "--warmup_iters",
+                 "--log_interval"):
+        assert flag in proc.stdout, flag
+    assert proc.stdout.count("(default:") >= 20
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_flags_take_both_spellings(script, tmp_path, text_file):
+    a = train(script, tmp_path / "a", text_file, "--max_iters=5", "--seed=3", "--max_new_tokens=20")
+    b = train(script, tmp_path / "b", text_file, "--max_iters", "5", "--seed", "3", "--max_new_tokens", "20")
+    assert a.returncode == b.returncode == 0
+    assert a.stdout.split("--- sample ---")[1] == b.stdout.split("--- sample ---")[1]
+
+
+# ---------------------------------------------------------------- resume and Ctrl-C
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_continues_exactly(script, tmp_path, text_file):
+    """100 iterations, then --resume for 100 more, logs the same losses as 200 straight (fixed seed, CPU).
+    A constant learning rate after no warm-up, so the two runs share one schedule."""
+    flags = ["--learning_rate", 3e-3, "--min_lr", 3e-3, "--warmup_iters", 0, "--eval_interval", 50,
+             "--dropout", 0.1, "--max_new_tokens", 1, "--device", "cpu"]
+    straight = tmp_path / "straight"
+    parts = tmp_path / "parts"
+    assert train(script, straight, text_file, "--max_iters", 200, *flags).returncode == 0
+    assert train(script, parts, text_file, "--max_iters", 100, *flags).returncode == 0
+    proc = train(script, parts, text_file, "--max_iters", 200, "--resume", *flags)
+    assert proc.returncode == 0, proc.stderr
+
+    def losses(d):
+        return [(r["iter"], r["train_loss"], r["val_loss"]) for r in csv.DictReader((d / "out/log.csv").open())]
+    assert losses(straight) == losses(parts)
+    assert [r[0] for r in losses(parts)] == ["0", "50", "100", "150", "200"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_ctrl_c_saves_a_checkpoint(script, tmp_path, text_file):
+    cmd = [sys.executable, "-u", str(REPO / script), "--input", str(text_file), "--out_dir", str(tmp_path / "out"),
+           "--max_iters", 100000, "--log_interval", 5, "--eval_interval", 100000, *TINY[script]]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stdout:  # wait until it is training
+        if line.startswith("iter 10 "):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "checkpoint saved" in out
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    assert ckpt["iter"] >= 10 and ckpt["kind"] == KIND[script]
+
+
+# ---------------------------------------------------------------- bad input: one line, no traceback
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_missing_input(script, tmp_path):
+    assert_one_line_error(run(script, "--input", tmp_path / "nope.txt"), "nope.txt", "not found")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_empty_input(script, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    assert_one_line_error(run(script, "--input", tmp_path / "empty.txt", "--out_dir", tmp_path), "empty")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_input_not_utf8(script, tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("Fran\xe7ais, d\xe9j\xe0 vu\n".encode("latin-1") * 100)
+    assert_one_line_error(run(script, "--input", tmp_path / "latin1.txt", "--out_dir", tmp_path), "UTF-8")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_input_too_short(script, tmp_path):
+    (tmp_path / "short.txt").write_text("To be, or not to be.\n")
+    proc = run(script, "--input", tmp_path / "short.txt", "--out_dir", tmp_path, *TINY[script])
+    assert_one_line_error(proc, "too short", "--block_size")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("flag", ["--batch_size=0", "--n_layer=-1", "--block_size=0", "--dropout=1.5",
+                                  "--max_iters=0", "--learning_rate=0"])
+def test_nonsense_sizes(script, flag, tmp_path, text_file):
+    name = flag.split("=")[0]
+    assert_one_line_error(run(script, "--input", text_file, "--out_dir", tmp_path, flag), name)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unknown_flag(script):
+    assert_one_line_error(run(script, "--n_embed=64"), "--n_embed")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_out_dir_not_writable(script, tmp_path, text_file):
+    (tmp_path / "a_file").write_text("x")  # a folder cannot be made inside a file, even by root
+    proc = run(script, "--input", text_file, "--out_dir", tmp_path / "a_file" / "out", *TINY[script])
+    assert_one_line_error(proc, "--out_dir")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_missing_checkpoint(script, tmp_path):
+    assert_one_line_error(run(script, "--sample_only", "--out_dir", tmp_path), "no checkpoint")
+    assert_one_line_error(run(script, "--resume", "--out_dir", tmp_path), "no checkpoint")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_truncated_checkpoint(script, tmp_path, text_file):
+    assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
+    ckpt = tmp_path / "out" / "ckpt.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    assert_one_line_error(run(script, "--sample_only", "--out_dir", tmp_path / "out"), "truncated")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_checkpoint_of_the_other_script(script, tmp_path):
+    other = "char_rnn" if script == "char_gpt.py" else "char_gpt"
+    torch.save({"kind": other, "model": {"w": torch.zeros(2)}}, tmp_path / "ckpt.pt")
+    assert_one_line_error(run(script, "--sample_only", "--out_dir", tmp_path), f"{other}.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_prompt_characters_missing_from_the_vocabulary(script, tmp_path, text_file):
+    assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
+    proc = run(script, "--sample_only", "--out_dir", tmp_path / "out", "--prompt", "ROMEO~\u00e9")
+    assert_one_line_error(proc, "~", "\u00e9")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_loss_becoming_nan(script, tmp_path, text_file):
+    proc = train(script, tmp_path, text_file, "--max_iters", 200, "--learning_rate", 1e9, "--grad_clip", 0,
+                 "--warmup_iters", 0)
+    assert_one_line_error(proc, "nan", "--learning_rate")
+
+
+# ---------------------------------------------------------------- any UTF-8 text
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_chinese_text_with_thousands_of_characters(script, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0x4E00, 0x4E00 + 3000, (30_000,), generator=g).tolist()
+    text = "".join(chr(i) + ("\n" if n % 40 == 39 else "") for n, i in enumerate(ids))
+    (tmp_path / "zh.txt").write_text(text, encoding="utf-8")
+    proc = run(script, "--input", tmp_path / "zh.txt", "--out_dir", tmp_path / "out", "--max_iters", 3,
+               "--eval_iters", 1, *TINY[script], "--prompt", text[:3], "--max_new_tokens", 10)
+    assert proc.returncode == 0, proc.stderr
+    assert "vocabulary 3000" in proc.stdout or "vocabulary 3001" in proc.stdout
+    sample = proc.stdout.split("--- sample ---\n")[1]
+    assert sample.startswith(text[:3]) and all(0x4E00 <= ord(c) < 0x4E00 + 3000 or c == "\n" for c in sample)
