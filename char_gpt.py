@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import typing
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -561,27 +561,96 @@ def flops_per_token(n_params, cfg):
     return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
+class Clock:
+    """Training time: seconds since the start, less the time spent evaluating, plus the seconds
+    trained before a resume. Under torchrun every process must read the same clock, or their learning
+    rates would drift apart: elapsed() hands out rank 0's reading."""
+
+    def __init__(self, offset=0.0, ddp=False, device="cpu"):
+        self.offset, self.ddp, self.device = offset, ddp, device
+        self.start = time.perf_counter()
+        self.paused_for = 0.0
+        self.last_lap = offset
+
+    def local(self):
+        return self.offset + time.perf_counter() - self.start - self.paused_for
+
+    def elapsed(self):
+        seconds = self.local()
+        if self.ddp:
+            t = torch.tensor([seconds], device=self.device)
+            torch.distributed.broadcast(t, 0)
+            seconds = t.item()
+        return seconds
+
+    def lap(self):
+        """Training seconds since the last lap."""
+        now = self.local()
+        seconds, self.last_lap = now - self.last_lap, now
+        return seconds
+
+    @contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_for += time.perf_counter() - t
+
+
+def setup_precision(cfg, device_type):
+    """float32 everywhere; on a GPU, bfloat16 autocast (matmuls in bf16, sums in fp32) and TF32."""
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range with a 10-bit mantissa
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = (nullcontext() if dtype == "float32"
+                else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+    # float16 has a narrow range: scale the loss up so small gradients do not round to 0
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    return dtype, autocast, scaler
+
+
+def train_step(model, optimizer, scaler, autocast, x, y, lr, grad_clip):
+    """One step of gradient descent on one batch: forward, backward, clip, AdamW update."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        _, loss = model(x, y)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:  # rescale the whole gradient if its norm exceeds grad_clip: no single huge step
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def train(cfg: Config, quiet=False):
-    """Train a GPT as cfg says. Returns a dict: model, itos, history (rows of log.csv), metrics."""
+    """Train a GPT as cfg says. Returns a dict: model, itos, device, history (rows of log.csv), metrics."""
     say = (lambda *a, **k: None) if quiet else print
-    ddp = int(os.environ.get("RANK", -1)) != -1
+    # -- where: one device, or one process per device under torchrun
     device = pick_device(cfg.device)
+    ddp = int(os.environ.get("RANK", -1)) != -1
     rank, world = 0, 1
     if ddp:
         rank, world, device = setup_ddp(device)
         if rank != 0:
             say = lambda *a, **k: None  # noqa: E731  (one process talks)
     device_type = device.split(":")[0]
+
+    # -- what: a fresh start, or the checkpoint's model shape with this run's budget and logging flags
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
-    if ckpt:  # the model's shape comes from the checkpoint; the budget and logging from the flags
+    if ckpt:
         for name in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout"):
             setattr(cfg, name, ckpt["config"][name])
     cfg = fill_defaults(cfg, device_type)
     if rank == 0:
         prepare_out_dir(cfg.out_dir)
-
-    # data
     text = read_text(cfg.input)
     itos = ckpt["itos"] if ckpt else build_vocab(text)
     stoi = {c: i for i, c in enumerate(itos)}
@@ -590,20 +659,11 @@ def train(cfg: Config, quiet=False):
                          "resume on the text it was trained on")
     train_data, val_data = split_data(text, stoi, cfg.block_size)
 
-    # model, optimizer, precision
     torch.manual_seed(cfg.seed + rank)
     model = GPT(cfg, len(itos)).to(device)
     optimizer = make_optimizer(model, cfg, device_type)
-    dtype = cfg.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    autocast = (nullcontext() if dtype == "float32"
-                else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, 10-bit mantissa
-        torch.backends.cudnn.allow_tf32 = True
-    data_gen = torch.Generator().manual_seed(cfg.seed + rank)
+    dtype, autocast, scaler = setup_precision(cfg, device_type)
+    data_gen = torch.Generator().manual_seed(cfg.seed + rank)  # batches: each process its own stream
     it, best_val, history = 0, float("inf"), []
     if ckpt:
         model.load_state_dict(ckpt["model"])
@@ -612,7 +672,7 @@ def train(cfg: Config, quiet=False):
         torch.set_rng_state(ckpt["rng"])
         data_gen.set_state(ckpt["data_rng"])
     n_params = count_params(model)
-    raw_model = model
+    raw_model = model  # the plain module: what we save, evaluate and sample from
     if cfg.compile:
         model = torch.compile(model)
     if ddp:
@@ -628,60 +688,40 @@ def train(cfg: Config, quiet=False):
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": torch.get_rng_state(), "data_rng": data_gen.get_state(), "history": history})
 
-    def evaluate(elapsed, tokens_per_s):
-        nonlocal best_val
-        losses = estimate_loss(raw_model, {"train": train_data, "val": val_data}, cfg, device, autocast)
-        best_val = min(best_val, losses["val"])
-        history.append((it, round(losses["train"], 4), round(losses["val"], 4), round(elapsed, 1),
-                        round(tokens_per_s)))
-        say(f"eval iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        checkpoint()
-
+    # -- the loop: evaluate every eval_interval iterations and when the budget is spent, else step
     tokens_per_iter = cfg.batch_size * cfg.block_size * world
     peak = peak_flops(device)
-    elapsed_before = history[-1][3] if history else 0.0
-    t_start = time.perf_counter()
-    t_log, it_log, tokens_per_s = t_start, it, 0.0
+    clock = Clock(offset=history[-1][3] if history else 0.0, ddp=ddp, device=device)
+    it_start, it_log, tokens_per_s = it, it, 0.0
     try:
         while True:
-            elapsed = elapsed_before + time.perf_counter() - t_start
-            if ddp:  # every process must agree on the clock, or their learning rates would differ
-                clock = torch.tensor([elapsed], device=device)
-                torch.distributed.broadcast(clock, 0)
-                elapsed = clock.item()
-            progress = budget_progress(it, elapsed, cfg)
+            progress = budget_progress(it, clock.elapsed(), cfg)
             done = progress >= 1.0
-            if it % cfg.eval_interval == 0 and not (ckpt and it == ckpt["iter"]) or done:
-                t_eval = time.perf_counter()
-                evaluate(elapsed, tokens_per_s)
-                t_log += time.perf_counter() - t_eval  # evaluation time is not training speed
+            already_evaluated = ckpt is not None and it == ckpt["iter"]
+            if (it % cfg.eval_interval == 0 and not already_evaluated) or done:
+                with clock.paused():  # evaluation is not training time
+                    losses = estimate_loss(raw_model, {"train": train_data, "val": val_data}, cfg, device, autocast)
+                best_val = min(best_val, losses["val"])
+                history.append((it, round(losses["train"], 4), round(losses["val"], 4), round(clock.local(), 1),
+                                round(tokens_per_s)))
+                say(f"eval iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                checkpoint()
             if done:
                 break
             lr = get_lr(it, progress, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, data_gen)
-            with autocast:
-                _, loss = model(x.to(device), y.to(device))
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            loss = train_step(model, optimizer, scaler, autocast, x.to(device), y.to(device), lr, cfg.grad_clip)
             it += 1
             if it % cfg.log_interval == 0:
-                lossf = loss.item()
+                lossf = loss.item()  # on a GPU this waits for the step: only every log_interval
                 if not math.isfinite(lossf):
                     raise UsageError(f"the loss became {lossf} at iteration {it}: "
                                      "lower --learning_rate or keep --grad_clip on")
-                now = time.perf_counter()
-                dt = (now - t_log) / (it - it_log)
-                t_log, it_log = now, it
-                tokens_per_s = tokens_per_iter / dt
+                dt = clock.lap() / (it - it_log)
+                it_log, tokens_per_s = it, tokens_per_iter / dt
                 mfu = f" | mfu {flops_per_token(n_params, cfg) * tokens_per_s / peak:.0%}" if peak else ""
-                left = (elapsed / progress - elapsed) if progress > 0 else float("nan")
+                elapsed = clock.local()
+                left = elapsed / progress - elapsed if progress > 0 else 0.0
                 say(f"iter {it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {tokens_per_s:,.0f} tok/s"
                     f"{mfu} | lr {lr:.2e} | {fmt_seconds(left)} left")
     except KeyboardInterrupt:
@@ -692,14 +732,16 @@ def train(cfg: Config, quiet=False):
         if ddp:
             torch.distributed.destroy_process_group()
 
+    this_run = clock.local() - clock.offset
     metrics = {"best_val_loss": best_val, "final_val_loss": history[-1][2], "iters": it,
-               "train_seconds": round(elapsed, 1), "tokens_per_second": round(tokens_per_s),
+               "train_seconds": round(clock.local(), 1),
+               "tokens_per_second": round((it - it_start) * tokens_per_iter / max(this_run, 1e-9)),
                "params": n_params, "device": device, "config": asdict(cfg)}
     if rank == 0:
         write_outputs(cfg.out_dir, history, metrics)
         say(f"best val loss {best_val:.4f}; wrote {cfg.out_dir}/ckpt.pt, log.csv, metrics.json, loss.png")
-    return {"model": raw_model, "itos": itos, "history": history, "metrics": metrics, "rank": rank,
-            "device": device}
+    return {"model": raw_model, "itos": itos, "device": device, "history": history, "metrics": metrics,
+            "rank": rank}
 
 
 # -----------------------------------------------------------------------------
