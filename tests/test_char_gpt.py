@@ -137,7 +137,7 @@ def test_overfits_one_batch():
     torch.manual_seed(0)
     cfg = tiny_config(learning_rate=3e-3, weight_decay=0.0)
     model = cg.GPT(cfg, 20)
-    opt = cg.make_optimizer(model, cfg, "cpu")
+    opt = cg.make_optimizer(model, cfg)
     x = torch.randint(20, (4, 24))
     y = torch.roll(x, -1, dims=1)
     for _ in range(150):

@@ -1,0 +1,129 @@
+"""Measure char_gpt.py against its targets. Run by hand on a quiet machine (check `top` first); not a test.
+
+  python benchmarks/bench_char_gpt.py speed [--nanogpt DIR]   # tokens/s at nanoGPT's CPU recipe shape
+  python benchmarks/bench_char_gpt.py quality [--seconds 180] # val loss after a time budget, CPU defaults
+  python benchmarks/bench_char_gpt.py sampling                # KV cache vs recomputing the window
+  python benchmarks/bench_char_gpt.py default                 # `python char_gpt.py` as a user runs it
+
+--data defaults to tiny shakespeare at ../shared/data/tinyshakespeare.txt (the peers' benchmark text),
+else input.txt. --nanogpt DIR runs a nanoGPT checkout's train.py in alternation with ours; its data must
+already be in DIR/data/shakespeare_char (train.bin, val.bin, meta.pkl).
+"""
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+import char_gpt as cg  # noqa: E402
+
+TINY_SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+RECIPE = dict(batch_size=12, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+
+
+def flags(d):
+    return [f"--{k}={v}" for k, v in d.items()]
+
+
+def run_ours(data, out_dir, extra):
+    cmd = [sys.executable, str(REPO / "char_gpt.py"), f"--input={data}", f"--out_dir={out_dir}", "--device=cpu",
+           "--max_new_tokens=1", *extra]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(proc.stderr)
+    return proc.stdout
+
+
+def speed(args):
+    """Median ms/iter of training steps at the recipe shape, ours and (optionally) nanoGPT's, alternating."""
+    iters = 150
+    ours, theirs = [], []
+    for r in range(args.rounds):
+        out = run_ours(args.data, REPO / "out/bench/speed",
+                       flags(RECIPE) + [f"--max_iters={iters}", "--eval_interval=100000", "--eval_iters=1",
+                                        "--log_interval=10", "--learning_rate=1e-3", "--min_lr=1e-4"])
+        per_interval = [float(m) for m in re.findall(r"\| ([\d.]+) ms/iter", out)][1:]  # skip the warm-up
+        ours.append(statistics.median(per_interval))
+        print(f"round {r + 1}: char_gpt {ours[-1]:.1f} ms/iter", flush=True)
+        if args.nanogpt:
+            cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+                   "--eval_iters=1", "--log_interval=1", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
+                   "--eval_interval=100000", "--out_dir=/tmp/nanogpt-bench"] + flags(RECIPE)
+            proc = subprocess.run(cmd, cwd=args.nanogpt, capture_output=True, text=True)
+            times = [float(m) for m in re.findall(r"time ([\d.]+)ms", proc.stdout)][10:]
+            theirs.append(statistics.median(times))
+            print(f"round {r + 1}: nanoGPT  {theirs[-1]:.1f} ms/iter", flush=True)
+    tokens = RECIPE["batch_size"] * RECIPE["block_size"]
+    print(f"\n| program | ms/iter (median of {args.rounds} rounds) | tokens/s |\n|---|---|---|")
+    print(f"| char_gpt.py | {statistics.median(ours):.1f} | {tokens / statistics.median(ours) * 1000:,.0f} |")
+    if theirs:
+        print(f"| nanoGPT | {statistics.median(theirs):.1f} | {tokens / statistics.median(theirs) * 1000:,.0f} |")
+        print(f"speed-up: {statistics.median(theirs) / statistics.median(ours):.2f}x")
+
+
+@torch.no_grad()
+def reevaluate(out_dir, data, batches=200, batch_size=12, seed=1337):
+    """Mean val loss of out_dir/ckpt.pt over `batches` random windows of the val split (as anchors.md does)."""
+    model, itos = cg.load_model(out_dir)
+    stoi = {c: i for i, c in enumerate(itos)}
+    _, val = cg.split_data(cg.read_text(data), stoi, model.block_size)
+    g = torch.Generator().manual_seed(seed)
+    losses = [model(*cg.get_batch(val, batch_size, model.block_size, g))[1].item() for _ in range(batches)]
+    return sum(losses) / len(losses)
+
+
+def quality(args):
+    out_dir = REPO / "out/bench/quality"
+    t = time.perf_counter()
+    out = run_ours(args.data, out_dir, [f"--max_seconds={args.seconds}", *args.extra])
+    wall = time.perf_counter() - t
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    print(out.splitlines()[0])
+    print(f"budget {args.seconds}s, wall {wall:.0f}s, {metrics['iters']} iters, "
+          f"{metrics['tokens_per_second']:,} tok/s, logged val {metrics['final_val_loss']:.4f}")
+    print(f"val loss re-evaluated on 200 batches of 12 (seed 1337): {reevaluate(out_dir, args.data):.4f}")
+
+
+def sampling(args):
+    """chars/s for 1,000 new characters at a 256-character window, with the cache and without."""
+    print("| model | cached chars/s | recompute chars/s | speed-up |\n|---|---|---|---|")
+    for name, shape in [("recipe width (4L/4H/128)", dict(n_layer=4, n_head=4, n_embd=128)),
+                        ("baby GPT (6L/6H/384)", dict(n_layer=6, n_head=6, n_embd=384))]:
+        torch.manual_seed(0)
+        model = cg.GPT(cg.Config(block_size=256, dropout=0.0, **shape), 65).eval()
+        prompt = torch.zeros(1, 1, dtype=torch.long)
+        rates = []
+        for gen in (cg.generate, cg.generate_naive):
+            gen(model, prompt, 20, top_k=200, generator=torch.Generator().manual_seed(0))  # warm-up
+            t = time.perf_counter()
+            gen(model, prompt, 1000, temperature=0.8, top_k=200, generator=torch.Generator().manual_seed(0))
+            rates.append(1000 / (time.perf_counter() - t))
+        print(f"| {name} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[0] / rates[1]:.1f}x |", flush=True)
+
+
+def default(args):
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(REPO / "char_gpt.py")], cwd=REPO, capture_output=True, text=True)
+    print(proc.stdout[-2500:], proc.stderr[-2000:])
+    print(f"`python char_gpt.py`: {time.perf_counter() - t:.0f} s wall, exit {proc.returncode}")
+    print(f"val loss re-evaluated on 200 batches of 12: {reevaluate(REPO / 'out/char_gpt', REPO / 'input.txt'):.4f}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["speed", "quality", "sampling", "default"])
+    p.add_argument("--data", default=str(TINY_SHAKESPEARE if TINY_SHAKESPEARE.exists() else REPO / "input.txt"))
+    p.add_argument("--nanogpt", help="a nanoGPT checkout to time beside ours (speed)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=180)
+    p.add_argument("extra", nargs="*", help="more char_gpt.py flags (quality), e.g. -- --n_layer=6")
+    args = p.parse_args()
+    {"speed": speed, "quality": quality, "sampling": sampling, "default": default}[args.what](args)
