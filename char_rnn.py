@@ -1,0 +1,812 @@
+"""char_rnn.py: a character-level recurrent network (RNN, LSTM or GRU), written to be read top to bottom.
+
+A recurrent network reads text one character at a time and carries a hidden state h from each character
+to the next: h is all it remembers of the past, and from h it predicts the next character.
+
+What you will learn, in this order:
+  1. configuration: every knob in one dataclass, filled from the command line;
+  2. data: a vocabulary of characters, encode/decode, a 90/10 train/val split, and the char-rnn way of
+     batching: batch_size parallel streams read through the text in consecutive chunks;
+  3. the cells, each written out from its equations: the vanilla RNN, the LSTM and the GRU;
+  4. the model: a character embedding, a stack of cells, a linear read-out to logits. Two
+     implementations of the same function: our cells in a Python loop over time (--impl=scratch), and
+     torch's fused nn.RNN / nn.LSTM / nn.GRU (--impl=fused, one oneDNN or cuDNN kernel); they share
+     the same parameters, so one checkpoint loads into either, and a test checks they agree;
+  5. training: truncated backpropagation through time (the hidden state is carried from chunk to chunk
+     but gradients stop at the chunk's edge), gradient clipping, AdamW with a learning rate that warms
+     up and then decays over a time budget, evaluation, checkpoints that survive a crash or Ctrl-C;
+  6. sampling: prime the hidden state on a prompt, then feed back one sampled character at a time.
+
+Run it:
+  python char_rnn.py                                  # train an LSTM on input.txt, then print a sample
+  python char_rnn.py --model=gru --max_seconds=60     # a one-minute GRU
+  python char_rnn.py --sample_only --prompt="ROMEO:"  # sample from the last checkpoint
+  python char_rnn.py --help                           # every flag with its default
+
+Outputs go to --out_dir (default out/char_rnn): ckpt.pt, log.csv, metrics.json, loss.png.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+import typing
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# 1. Configuration
+# -----------------------------------------------------------------------------
+# A default of None means "chosen for the device": a laptop CPU and a GPU want different models.
+# The CPU defaults are the best we measured for five minutes on 2 cores (README, "Results").
+
+KIND = "char_rnn"  # written into checkpoints, so char_gpt.py's checkpoints are told apart
+
+
+class UsageError(Exception):
+    """A problem with the input or the flags: reported as one line, without a traceback."""
+
+
+@dataclass
+class Config:
+    # I/O
+    input: str = "input.txt"
+    out_dir: str = "out/char_rnn"
+    device: str = "auto"
+    seed: int = 1337
+    # how long to train: whichever limit comes first (no limit set: --max_seconds for the device)
+    max_iters: int | None = None
+    max_seconds: float | None = None
+    eval_interval: int | None = None
+    eval_iters: int = 20
+    log_interval: int = 50
+    # data and model
+    model: str = "lstm"
+    impl: str | None = None
+    batch_size: int | None = None
+    block_size: int | None = None
+    n_layer: int | None = None
+    n_embd: int | None = None
+    dropout: float | None = None
+    # optimisation
+    learning_rate: float | None = None
+    min_lr: float | None = None
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # resuming and sampling
+    resume: bool = False
+    sample_only: bool = False
+    prompt: str = "\n"
+    max_new_tokens: int = 500
+    num_samples: int = 1
+    temperature: float = 0.8
+    top_k: int | None = None
+
+
+# The defaults of the fields left at None, per device. cpu: the best val loss we measured in a few
+# minutes on 2 cores; in 5 minutes one layer of 256 beat two layers of 256 and one of 384 or 512
+# (more steps beat more capacity at this budget). gpu (cuda or mps): a deeper, wider stack, not tuned.
+DEVICE_DEFAULTS = {
+    "cpu": dict(max_seconds=300, eval_interval=250, impl="fused", batch_size=32, block_size=64, n_layer=1,
+                n_embd=256, dropout=0.0, learning_rate=3e-3, min_lr=3e-4),
+    "gpu": dict(max_seconds=90, eval_interval=250, impl="fused", batch_size=128, block_size=128, n_layer=3,
+                n_embd=512, dropout=0.2, learning_rate=2e-3, min_lr=2e-4),
+}
+
+HELP = {
+    "input": "UTF-8 text file to learn from",
+    "out_dir": "where ckpt.pt, log.csv, metrics.json and loss.png go",
+    "device": "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps",
+    "seed": "random seed (initialisation, dropout, sampling)",
+    "max_iters": "stop after this many iterations",
+    "max_seconds": "stop after this many seconds of training (evaluation not counted); the learning rate "
+                   "decays over this budget. Used when neither limit is given",
+    "eval_interval": "evaluate train/val loss and save a checkpoint every N iterations",
+    "eval_iters": "batches averaged for each evaluated loss",
+    "log_interval": "print a progress line every N iterations",
+    "model": "the recurrent cell: rnn (vanilla, tanh), lstm or gru",
+    "impl": "scratch (our cells, a Python loop over time) or fused (torch's nn.RNN/LSTM/GRU kernel): "
+            "the same function of the same parameters; fused is the faster on cpu and gpu",
+    "batch_size": "parallel streams through the text",
+    "block_size": "characters per chunk: backpropagation through time stops at its edge",
+    "n_layer": "stacked recurrent layers",
+    "n_embd": "size of the character embedding and of every hidden state",
+    "dropout": "dropout probability between layers and before the read-out",
+    "learning_rate": "peak learning rate",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "warmup_iters": "iterations of linear warm-up from 0 to --learning_rate",
+    "weight_decay": "AdamW weight decay, applied to weight matrices only",
+    "grad_clip": "clip the gradient norm to this (0: off)",
+    "resume": "continue training from out_dir/ckpt.pt",
+    "sample_only": "do not train: load out_dir/ckpt.pt and print samples",
+    "prompt": "text the samples continue (it primes the hidden state)",
+    "max_new_tokens": "characters to generate per sample",
+    "num_samples": "how many samples to print",
+    "temperature": "divide the logits by this: < 1 safer, > 1 wilder",
+    "top_k": "sample only from the k most likely characters (None: all)",
+}
+
+MODELS = ("rnn", "lstm", "gru")
+IMPLS = ("scratch", "fused")
+
+
+def parse_bool(s):
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def flag_type(t):
+    """int -> int; int | None -> int (None is the "not given" default)."""
+    return t if isinstance(t, type) else next(a for a in typing.get_args(t) if a is not type(None))
+
+
+def parse_args(argv=None) -> Config:
+    """Flags mirror the Config fields: --name=value or --name value; a bare --resume means true."""
+    parser = OneLineParser(description=__doc__.split("\n")[0])
+    choices = {"model": MODELS, "impl": IMPLS}
+    for f in fields(Config):
+        kind = flag_type(f.type)
+        if f.name in DEVICE_DEFAULTS["cpu"]:
+            default = f"cpu {DEVICE_DEFAULTS['cpu'][f.name]}, gpu {DEVICE_DEFAULTS['gpu'][f.name]}"
+        else:
+            default = repr(f.default)
+        extra = dict(type=parse_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
+        parser.add_argument(f"--{f.name}", default=f.default, choices=choices.get(f.name),
+                            help=f"{HELP[f.name]} (default: {default})", **extra)
+    return Config(**vars(parser.parse_args(argv)))
+
+
+def pick_device(name):
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device={name} but no CUDA GPU is visible: use --device=cpu")
+        if name == "mps" and not torch.backends.mps.is_available():
+            raise UsageError("--device=mps but MPS is not available: use --device=cpu")
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def fill_defaults(cfg: Config, device: str) -> Config:
+    """Replace each None by the default for this device, then check the sizes make sense."""
+    defaults = DEVICE_DEFAULTS["cpu" if device == "cpu" else "gpu"]
+    for name, value in defaults.items():
+        if getattr(cfg, name) is None and name != "max_seconds":
+            setattr(cfg, name, value)
+    if cfg.max_iters is None and cfg.max_seconds is None:  # --max_iters alone means: no time limit
+        cfg.max_seconds = defaults["max_seconds"]
+    cfg.min_lr = min(cfg.min_lr, cfg.learning_rate)  # a lowered --learning_rate lowers the floor too
+    check_sizes(cfg)
+    return cfg
+
+
+def check_sizes(cfg: Config):
+    for name in ("batch_size", "block_size", "n_layer", "n_embd", "eval_interval", "eval_iters", "log_interval"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name}={getattr(cfg, name)} must be at least 1")
+    for name in ("max_iters", "max_seconds"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise UsageError(f"--{name}={getattr(cfg, name)} must be positive")
+    if not 0 <= cfg.dropout < 1:
+        raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
+    if cfg.learning_rate <= 0:
+        raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
+
+
+# -----------------------------------------------------------------------------
+# 2. Data
+# -----------------------------------------------------------------------------
+# A character-level model reads text one character (Unicode code point) at a time. The vocabulary
+# is the sorted set of characters in the text; a character's id is its index in that list.
+
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"input file {path} not found: pass --input=PATH to a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--input={path} is a directory: pass a UTF-8 text file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"input file {path} is not UTF-8 text (byte {e.start}): "
+                         "convert it, e.g. iconv -t utf-8") from None
+    if not text:
+        raise UsageError(f"input file {path} is empty: give it some text to learn from")
+    return text
+
+
+def build_vocab(text):
+    """The sorted distinct characters of the text: ids 0..V-1."""
+    return sorted(set(text))
+
+
+def encode(s, stoi):
+    return [stoi[c] for c in s]
+
+
+def decode(ids, itos):
+    return "".join(itos[i] for i in ids)
+
+
+# Batching the char-rnn way. A GPT sees a whole window at once, so random windows are fine. An RNN
+# carries its hidden state from one batch to the next, so row b of each batch must continue the text
+# exactly where row b of the previous batch stopped.
+# We cut the text into batch_size equal streams, one per row, and read them all in step, block_size
+# characters at a time:
+#
+#   text:    abcdefghijklmnopqrstuvwx          streams (B=2):  abcdefghijkl
+#                                                              mnopqrstuvwx
+#   chunk 0: x = [abcd, mnop], y = [bcde, nopq]    chunk 1: x = [efgh, qrst], y = [fghi, rstu]   ...
+#
+# The hidden state at the end of chunk k is where chunk k + 1 starts; after the last chunk that
+# fits, a new pass over the text begins, from a zero hidden state.
+
+def split_data(text, stoi, batch_size, block_size):
+    """First 90% of the text to train on, last 10% to validate on: one long tensor of ids each."""
+    data = torch.tensor(encode(text, stoi), dtype=torch.long)
+    n = int(0.9 * len(data))
+    train, val = data[:n], data[n:]
+    chunk = batch_size * (block_size + 1)  # one chunk of every stream, plus the targets' extra character
+    if len(val) < chunk:
+        need = math.ceil(chunk / 0.1) + 10
+        raise UsageError(f"the input has {len(text):,} characters, too short for --batch_size={batch_size} "
+                         f"streams of --block_size={block_size} (the 10% validation split needs one chunk "
+                         f"per stream): use at least {need:,} characters or a smaller --block_size")
+    return train, val
+
+
+def make_streams(data, batch_size):
+    """Cut the ids into batch_size contiguous streams of equal length: row b is the b-th slice of the text."""
+    n = len(data) // batch_size
+    return data[: n * batch_size].view(batch_size, n)                # (B, N)
+
+
+def chunks_per_pass(streams, block_size):
+    return (streams.size(1) - 1) // block_size  # the targets need one character past the chunk
+
+
+def get_chunk(streams, k, block_size):
+    """Chunk k of every stream; targets are the same characters shifted one to the left."""
+    start = k * block_size
+    x = streams[:, start: start + block_size]                          # (B, T)
+    y = streams[:, start + 1: start + block_size + 1]                  # (B, T)
+    return x, y
+
+
+# -----------------------------------------------------------------------------
+# 3. The cells
+# -----------------------------------------------------------------------------
+# A cell takes one time step's input x (B, I) and the previous state, and returns the next state.
+# Every cell below computes a few "pre-activations" of the form W_ih x + b_ih + W_hh h + b_hh.
+# The input half, W_ih x + b_ih, does not depend on h, so the model computes it for all time steps
+# in one big matrix product before the loop over time, and hands the cell its slice `xw` (B, G*H).
+# Only W_hh h must wait for the previous step: that sequential chain is what makes RNNs slow.
+# We keep torch's layout (two biases, gates stacked in torch's order) so the fused kernels can use
+# the very same tensors.
+
+# 3a. The vanilla RNN (Elman): the new state is a squashed mix of the input and the old state.
+#   h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
+# Backpropagating through T steps multiplies T Jacobians W_hh^T diag(1 - h'^2): the gradient
+# shrinks (or explodes) geometrically, so a vanilla RNN struggles to remember far back.
+
+def rnn_cell(xw, h, w_hh, b_hh):
+    """xw: (B, H) = W_ih x + b_ih; h: (B, H). Returns h' (B, H)."""
+    return torch.tanh(xw + h @ w_hh.T + b_hh)
+
+
+# 3b. The LSTM adds a cell state c, changed only by elementwise gating, so gradients can flow along it.
+#   i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)    input gate: how much of the candidate to write
+#   f = sigmoid(W_if x + b_if + W_hf h + b_hf)    forget gate: how much of the old c to keep
+#   g = tanh   (W_ig x + b_ig + W_hg h + b_hg)    candidate values
+#   o = sigmoid(W_io x + b_io + W_ho h + b_ho)    output gate: how much of c to show
+#   c' = f * c + i * g
+#   h' = o * tanh(c')
+# When f is near 1 and i near 0, c passes through unchanged: a memory that lasts many steps.
+
+def lstm_cell(xw, state, w_hh, b_hh):
+    """xw: (B, 4H) = W_ih x + b_ih; state: (h, c), each (B, H). Returns (h', c')."""
+    h, c = state
+    gates = xw + h @ w_hh.T + b_hh                                     # (B, 4H), stacked i, f, g, o
+    i, f, g, o = gates.chunk(4, dim=1)                                 # 4 x (B, H)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = f * c + i * g
+    h = o * torch.tanh(c)
+    return h, c
+
+
+# 3c. The GRU: two gates and no separate cell state; h itself is interpolated between old and new.
+#   r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)          reset gate: how much of h the candidate sees
+#   z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)          update gate: how much of the old h to keep
+#   n = tanh(W_in x + b_in + r * (W_hn h + b_hn))       candidate state
+#   h' = (1 - z) * n + z * h
+# Note r multiplies W_hn h + b_hn, after the product: that is torch's (and cuDNN's) variant.
+
+def gru_cell(xw, h, w_hh, b_hh):
+    """xw: (B, 3H) = W_ih x + b_ih; h: (B, H). Returns h' (B, H)."""
+    x_r, x_z, x_n = xw.chunk(3, dim=1)                                 # 3 x (B, H)
+    h_r, h_z, h_n = (h @ w_hh.T + b_hh).chunk(3, dim=1)                # 3 x (B, H)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * h
+
+
+CELLS = {"rnn": rnn_cell, "lstm": lstm_cell, "gru": gru_cell}
+
+
+# -----------------------------------------------------------------------------
+# 4. The model
+# -----------------------------------------------------------------------------
+# 4a. A stack of cells, run over time. Layer l reads the outputs h of layer l - 1 at every step (the
+# first layer reads the character embeddings). The hidden state has torch's shape: (L, B, H) for the
+# RNN and the GRU, a pair (h, c) of those for the LSTM.
+
+def run_scratch(kind, rnn, x, hidden=None):
+    """Our cells over x (B, T, I), with the parameters of the torch module `rnn`.
+    Computes the same as rnn(x, hidden): returns (outputs of the last layer (B, T, H), new hidden)."""
+    B, T, _ = x.shape
+    L, H = rnn.num_layers, rnn.hidden_size
+    if hidden is None:
+        hidden = zero_hidden(kind, L, B, H, x)
+    cell = CELLS[kind]
+    last = []
+    for l in range(L):
+        w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{name}_l{l}")
+                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        xw = x @ w_ih.T + b_ih                         # (B, T, G*H): the input half, every step at once
+        state = (hidden[0][l], hidden[1][l]) if kind == "lstm" else hidden[l]
+        outs = []
+        for t in range(T):
+            state = cell(xw[:, t], state, w_hh, b_hh)
+            outs.append(state[0] if kind == "lstm" else state)        # (B, H)
+        x = torch.stack(outs, dim=1)                                   # (B, T, H)
+        if l < L - 1:                                                  # torch drops out between layers
+            x = F.dropout(x, rnn.dropout, rnn.training)
+        last.append(state)
+    if kind == "lstm":
+        return x, (torch.stack([s[0] for s in last]), torch.stack([s[1] for s in last]))
+    return x, torch.stack(last)                                        # (L, B, H)
+
+
+def zero_hidden(kind, L, B, H, like):
+    h = like.new_zeros(L, B, H)
+    return (h, h.clone()) if kind == "lstm" else h
+
+
+def detach_hidden(hidden):
+    """Keep the values, cut the graph: backpropagation through time stops at the chunk's edge."""
+    if hidden is None:
+        return None
+    return tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+
+
+def hidden_to(hidden, device):
+    if hidden is None:
+        return None
+    return tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
+
+
+# 4b. The model: character embedding -> n_layer recurrent layers -> dropout -> linear read-out.
+# The parameters of the recurrent layers live in torch's nn.RNN / nn.LSTM / nn.GRU module, named
+# weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ... . With --impl=fused we call that module
+# (a oneDNN kernel on CPU, cuDNN on a GPU); with --impl=scratch, run_scratch reads the same tensors.
+# Switching impl changes no parameter, so a checkpoint trained with one samples with the other.
+# Fused is the default: on 2 CPU cores it trains the LSTM and the GRU several times faster than our
+# loop (one kernel per layer instead of a dozen small ops per time step, forward and backward) and
+# the vanilla RNN about 1.2x faster (benchmarks/bench_char_rnn.py). Read scratch, run fused.
+
+class CharRNN(nn.Module):
+    def __init__(self, cfg, vocab_size):
+        super().__init__()
+        self.kind, self.impl = cfg.model, cfg.impl
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        module = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.model]
+        # torch applies its dropout between layers only, and warns if there is a single layer
+        self.rnn = module(cfg.n_embd, cfg.n_embd, cfg.n_layer, batch_first=True,
+                          dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size)
+        if cfg.model == "lstm":
+            # A forget-gate bias of 1 starts the LSTM remembering (f = sigmoid(1) ~ 0.73), not forgetting.
+            H = cfg.n_embd
+            with torch.no_grad():
+                for l in range(cfg.n_layer):
+                    getattr(self.rnn, f"bias_hh_l{l}")[H: 2 * H] = 1.0
+                    getattr(self.rnn, f"bias_ih_l{l}")[H: 2 * H] = 0.0
+
+    def forward(self, idx, targets=None, hidden=None):
+        """idx: (B, T) ids. Returns logits (B, T, V), the mean cross-entropy given targets (else None),
+        and the hidden state after the last character, to carry into the next chunk."""
+        x = self.wte(idx)                                                     # (B, T, C)
+        if self.impl == "fused":
+            out, hidden = self.rnn(x, hidden)                                 # (B, T, H)
+        else:
+            out, hidden = run_scratch(self.kind, self.rnn, x, hidden)         # (B, T, H)
+        logits = self.lm_head(self.drop(out))                                 # (B, T, V)
+        if targets is None:
+            return logits, None, hidden
+        # loss = -mean over positions of log p(next character | the characters up to it)
+        B, T = idx.shape
+        loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
+        return logits, loss, hidden
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# -----------------------------------------------------------------------------
+# 5. Training
+# -----------------------------------------------------------------------------
+# 5a. The learning rate: linear warm-up (Adam's early steps are noisy), then a cosine decay from
+# learning_rate to min_lr. `progress` runs 0 -> 1 over the budget, counted in iterations or in
+# seconds, whichever ends first, so a 5-minute run decays over 5 minutes.
+#   lr = min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2
+
+def get_lr(it, progress, cfg):
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / cfg.warmup_iters
+    return cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def budget_progress(it, elapsed, cfg):
+    by_iters = it / cfg.max_iters if cfg.max_iters else 0.0
+    by_time = elapsed / cfg.max_seconds if cfg.max_seconds else 0.0
+    return max(by_iters, by_time)
+
+
+def make_optimizer(model, cfg):
+    """AdamW; weight decay pulls matrices toward 0, but never the biases."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:  # fused: one kernel updates every parameter, instead of a few ops per tensor
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=True)
+    except RuntimeError:  # a device without the fused kernel
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99))
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, cfg, device):
+    """Mean loss over the first eval_iters chunks of each split's streams, carrying the hidden state
+    from a zero start. The same characters every time and no random numbers drawn, so successive
+    evaluations differ only because the model changed, and training's random state is left alone."""
+    model.eval()
+    out = {}
+    for name, streams in splits.items():
+        hidden, losses = None, []
+        for k in range(min(cfg.eval_iters, chunks_per_pass(streams, cfg.block_size))):
+            x, y = get_chunk(streams, k, cfg.block_size)
+            _, loss, hidden = model(x.to(device), y.to(device), hidden)
+            losses.append(loss.item())
+        out[name] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+# 5b. Checkpoints. torch.save writes a pickle; loading an arbitrary pickle can run code, so we store
+# only tensors and plain Python values and load with weights_only=True. A checkpoint is written to
+# a temporary file and then renamed: the rename is atomic, so a crash mid-write keeps the old one.
+# Besides the weights, it holds where the streams are and the carried hidden state, so a resumed
+# run continues exactly where it stopped.
+
+def save_checkpoint(path, state):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.exists(path):
+        raise UsageError(f"no checkpoint at {path}: train first (python {KIND}.py) "
+                         "or point --out_dir at a run")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise UsageError(f"{path} is not a readable checkpoint (truncated or damaged?): "
+                         "delete it and train again") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
+        writer = ckpt.get("kind") if isinstance(ckpt, dict) else None
+        writer = f"{writer}.py" if writer else "another program"
+        raise UsageError(f"{path} was written by {writer}, not {KIND}.py: point --out_dir at a {KIND} run")
+    return ckpt
+
+
+def prepare_out_dir(out_dir):
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write to --out_dir={out_dir} ({e.strerror}): "
+                         "choose a writable folder") from None
+
+
+def write_outputs(out_dir, history, metrics):
+    with open(os.path.join(out_dir, "log.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s"])
+        w.writerows(history)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    plot_losses(history, os.path.join(out_dir, "loss.png"))
+
+
+def plot_losses(history, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    its = [row[0] for row in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(its, [row[1] for row in history], label="train")
+    ax.plot(its, [row[2] for row in history], label="val")
+    ax.set(xlabel="iteration", ylabel="loss (nats per character)", title=f"{KIND}: loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fmt_seconds(s):
+    return f"{int(s // 60)}m{int(s % 60):02d}s"
+
+
+# 5c. The loop. Each iteration reads the next chunk of every stream, starting from the hidden state
+# the previous chunk ended with (detached: truncated backpropagation through time, so the graph and
+# the memory stay one chunk long), takes one AdamW step, and keeps the new hidden state for the next.
+# The budget counts training time only: the Clock leaves evaluation out.
+
+class Clock:
+    """Training time: seconds since the start, less the time spent evaluating, plus the seconds
+    trained before a resume."""
+
+    def __init__(self, offset=0.0):
+        self.offset = offset
+        self.start = time.perf_counter()
+        self.paused_for = 0.0
+        self.last_lap = offset
+
+    def elapsed(self):
+        return self.offset + time.perf_counter() - self.start - self.paused_for
+
+    def lap(self):
+        """Training seconds since the last lap."""
+        now = self.elapsed()
+        seconds, self.last_lap = now - self.last_lap, now
+        return seconds
+
+    @contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_for += time.perf_counter() - t
+
+
+def train_step(model, optimizer, x, y, hidden, lr, grad_clip):
+    """One step of gradient descent on one chunk: forward from the carried state, backward, clip, AdamW.
+    Returns the loss and the hidden state after the chunk."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    _, loss, hidden = model(x, y, hidden)
+    loss.backward()
+    if grad_clip > 0:  # rescale the whole gradient if its norm exceeds grad_clip: no single huge step
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, hidden
+
+
+def train(cfg: Config, quiet=False):
+    """Train a recurrent network as cfg says. Returns a dict: model, itos, history (rows of log.csv),
+    metrics, device."""
+    say = (lambda *a, **k: None) if quiet else print
+    device = pick_device(cfg.device)
+    device_type = device.split(":")[0]
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
+    if ckpt:  # the model's shape comes from the checkpoint; the budget, logging and impl from the flags
+        for name in ("model", "batch_size", "block_size", "n_layer", "n_embd", "dropout"):
+            setattr(cfg, name, ckpt["config"][name])
+    cfg = fill_defaults(cfg, device_type)
+    prepare_out_dir(cfg.out_dir)
+
+    # data
+    text = read_text(cfg.input)
+    itos = ckpt["itos"] if ckpt else build_vocab(text)
+    stoi = {c: i for i, c in enumerate(itos)}
+    if ckpt and set(text) - set(stoi):
+        raise UsageError(f"{cfg.input} has characters the checkpoint's vocabulary lacks: "
+                         "resume on the text it was trained on")
+    train_data, val_data = split_data(text, stoi, cfg.batch_size, cfg.block_size)
+    train_streams = make_streams(train_data, cfg.batch_size)                 # (B, N)
+    val_streams = make_streams(val_data, cfg.batch_size)
+    n_chunks = chunks_per_pass(train_streams, cfg.block_size)
+
+    # model and optimizer
+    torch.manual_seed(cfg.seed)
+    model = CharRNN(cfg, len(itos)).to(device)
+    optimizer = make_optimizer(model, cfg)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range with a 10-bit mantissa
+        torch.backends.cudnn.allow_tf32 = True
+    it, best_val, history, chunk, hidden = 0, float("inf"), [], 0, None
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        it, best_val, history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
+        chunk, hidden = ckpt["chunk"], hidden_to(ckpt["hidden"], device)
+        torch.set_rng_state(ckpt["rng"])
+    n_params = count_params(model)
+    say(f"{KIND}: {cfg.model} ({cfg.impl}), {n_params:,} parameters, vocabulary {len(itos)}, "
+        f"{len(train_data):,} training characters, device {device}")
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, {
+            "kind": KIND, "config": asdict(cfg), "itos": itos, "iter": it, "best_val_loss": best_val,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+            "chunk": chunk, "hidden": hidden_to(hidden, "cpu"), "history": history})
+
+    # -- the loop: evaluate every eval_interval iterations and when the budget is spent, else step
+    tokens_per_iter = cfg.batch_size * cfg.block_size
+    clock = Clock(offset=history[-1][3] if history else 0.0)
+    it_start, it_log, tokens_per_s = it, it, 0.0
+    try:
+        while True:
+            progress = budget_progress(it, clock.elapsed(), cfg)
+            done = progress >= 1.0
+            already_evaluated = ckpt is not None and it == ckpt["iter"]
+            if (it % cfg.eval_interval == 0 and not already_evaluated) or done:
+                with clock.paused():  # evaluation is not training time
+                    losses = estimate_loss(model, {"train": train_streams, "val": val_streams}, cfg, device)
+                best_val = min(best_val, losses["val"])
+                history.append((it, round(losses["train"], 4), round(losses["val"], 4), round(clock.elapsed(), 1),
+                                round(tokens_per_s)))
+                say(f"eval iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                checkpoint()
+            if done:
+                break
+            lr = get_lr(it, progress, cfg)
+            x, y = get_chunk(train_streams, chunk, cfg.block_size)
+            loss, new_hidden = train_step(model, optimizer, x.to(device), y.to(device), hidden, lr, cfg.grad_clip)
+            # the step is done: move on one chunk; a new pass over the text starts from a zero state
+            it, chunk, hidden = it + 1, chunk + 1, detach_hidden(new_hidden)
+            if chunk == n_chunks:
+                chunk, hidden = 0, None
+            if it % cfg.log_interval == 0:
+                lossf = loss.item()  # on a GPU this waits for the step: only every log_interval
+                if not math.isfinite(lossf):
+                    raise UsageError(f"the loss became {lossf} at iteration {it}: "
+                                     "lower --learning_rate or keep --grad_clip on")
+                dt = clock.lap() / (it - it_log)
+                it_log, tokens_per_s = it, tokens_per_iter / dt
+                elapsed = clock.elapsed()
+                left = elapsed / progress - elapsed if progress > 0 else 0.0
+                say(f"iter {it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {tokens_per_s:,.0f} tok/s"
+                    f" | lr {lr:.2e} | {fmt_seconds(left)} left")
+    except KeyboardInterrupt:
+        checkpoint()
+        say(f"\ninterrupted at iteration {it}: checkpoint saved to {ckpt_path} (continue with --resume)")
+        raise
+
+    this_run = clock.elapsed() - clock.offset
+    metrics = {"best_val_loss": best_val, "final_val_loss": history[-1][2], "iters": it,
+               "train_seconds": round(clock.elapsed(), 1),
+               "tokens_per_second": round((it - it_start) * tokens_per_iter / max(this_run, 1e-9)),
+               "params": n_params, "device": device, "config": asdict(cfg)}
+    write_outputs(cfg.out_dir, history, metrics)
+    say(f"best val loss {best_val:.4f}; wrote {cfg.out_dir}/ckpt.pt, log.csv, metrics.json, loss.png")
+    return {"model": model, "itos": itos, "history": history, "metrics": metrics, "device": device}
+
+
+# -----------------------------------------------------------------------------
+# 6. Sampling
+# -----------------------------------------------------------------------------
+# First run the prompt through the network ("priming"): the hidden state after its last character
+# sums up the prompt. Then turn the last logits into probabilities p = softmax(logits / temperature),
+# optionally keep only the top_k most likely characters, draw one, feed it in, and repeat. Unlike a
+# GPT, there is no window to outgrow: each new character costs one step of the cells, forever.
+
+def sample_next(logits, temperature, top_k, generator=None):
+    """logits: (B, V) -> ids (B, 1). temperature 0 means greedy (always the most likely)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits.float(), dim=-1).cpu()  # draw on the CPU: one generator for every device
+    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
+
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=None, generator=None):
+    """Continue idx (B, T) by max_new_tokens ids. on_token(ids) sees each new (B, 1) step."""
+    model.eval()
+    logits, _, hidden = model(idx)                           # prime on the whole prompt at once
+    for _ in range(max_new_tokens):
+        nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
+        idx = torch.cat([idx, nxt], dim=1)
+        if on_token:
+            on_token(nxt)
+        logits, _, hidden = model(nxt, hidden=hidden)        # one character in, one step of the cells
+    return idx
+
+
+def load_model(out_dir, device="cpu", impl=None):
+    """The trained model and its vocabulary from out_dir/ckpt.pt (impl: override the one it trained with)."""
+    ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    cfg = Config(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(Config)}})
+    cfg.impl = impl or cfg.impl
+    model = CharRNN(cfg, len(ckpt["itos"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt["itos"]
+
+
+def print_samples(model, itos, cfg, device):
+    if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
+        raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise UsageError(f"--top_k={cfg.top_k} must be at least 1")
+    if not cfg.prompt:
+        raise UsageError("--prompt is empty: the samples need at least one character to start from")
+    stoi = {c: i for i, c in enumerate(itos)}
+    missing = sorted(set(cfg.prompt) - set(stoi))
+    if missing:
+        raise UsageError(f"the prompt has characters the model never saw: {''.join(missing)!r}; "
+                         "use characters from the training text")
+    g = torch.Generator().manual_seed(cfg.seed)
+    for i in range(cfg.num_samples):
+        print(f"--- sample {i + 1} ---" if cfg.num_samples > 1 else "--- sample ---")
+        print(cfg.prompt, end="", flush=True)
+        idx = torch.tensor([encode(cfg.prompt, stoi)], device=device)
+        generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                 on_token=lambda t: print(itos[t.item()], end="", flush=True), generator=g)
+        print()
+
+
+# -----------------------------------------------------------------------------
+# 7. Main
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    if cfg.sample_only:
+        device = pick_device(cfg.device)
+        model, itos = load_model(cfg.out_dir, device, cfg.impl)
+        print_samples(model, itos, cfg, device)
+        return
+    result = train(cfg)
+    print_samples(result["model"], result["itos"], cfg, result["device"])
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
