@@ -162,6 +162,8 @@ def parse_args(argv=None) -> Config:
 
 
 def pick_device(name):
+    if name != "auto" and not (name in ("cpu", "cuda", "mps") or name.startswith("cuda:")):
+        raise UsageError(f"--device={name} is not one of auto, cpu, cuda, cuda:N, mps")
     if name != "auto":
         if name.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(f"--device={name} but no CUDA GPU is visible: use --device=cpu")
@@ -184,11 +186,12 @@ def fill_defaults(cfg: Config, device: str) -> Config:
     if cfg.max_iters is None and cfg.max_seconds is None:  # --max_iters alone means: no time limit
         cfg.max_seconds = defaults["max_seconds"]
     cfg.min_lr = min(cfg.min_lr, cfg.learning_rate)  # a lowered --learning_rate lowers the floor too
-    check_sizes(cfg)
+    check_config(cfg)
     return cfg
 
 
-def check_sizes(cfg: Config):
+def check_config(cfg: Config):
+    """Every flag checked before any work starts: a typo should not cost a training run."""
     for name in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "eval_iters",
                  "log_interval"):
         if getattr(cfg, name) < 1:
@@ -205,6 +208,16 @@ def check_sizes(cfg: Config):
         raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UsageError(f"--dtype={cfg.dtype}: use auto, float32, bfloat16 or float16")
+    check_sample_flags(cfg)
+
+
+def check_sample_flags(cfg: Config):
+    if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
+        raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise UsageError(f"--top_k={cfg.top_k} must be at least 1")
+    if not cfg.prompt:
+        raise UsageError("--prompt is empty: the samples need at least one character to start from")
 
 
 # -----------------------------------------------------------------------------
@@ -224,6 +237,8 @@ def read_text(path):
     except UnicodeDecodeError as e:
         raise UsageError(f"input file {path} is not UTF-8 text (byte {e.start}): "
                          "convert it, e.g. iconv -t utf-8") from None
+    except OSError as e:
+        raise UsageError(f"cannot read input file {path} ({e.strerror}): check the path and its permissions") from None
     if not text:
         raise UsageError(f"input file {path} is empty: give it some text to learn from")
     return text
@@ -247,8 +262,8 @@ def split_data(text, stoi, block_size):
     data = torch.tensor(encode(text, stoi), dtype=torch.long)
     n = int(0.9 * len(data))
     train, val = data[:n], data[n:]
-    need = math.ceil((block_size + 2) / 0.1)  # the 10% split must hold one window plus its target
-    if len(val) < block_size + 2:
+    need = math.ceil((block_size + 1) / 0.1)  # the 10% split must hold one window and its next character
+    if len(val) < block_size + 1:
         raise UsageError(f"the input has {len(text):,} characters, too short for --block_size={block_size} "
                          f"(the 10% validation split needs a window): use at least {need:,} characters "
                          "or a smaller --block_size")
@@ -257,7 +272,7 @@ def split_data(text, stoi, block_size):
 
 def get_batch(data, batch_size, block_size, generator):
     """batch_size random windows of the text; targets are the same windows shifted one to the left."""
-    ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # window ix..ix+T
     offsets = torch.arange(block_size + 1)
     windows = data[ix[:, None] + offsets]        # (B, T+1), one gather instead of a Python loop
     return windows[:, :-1], windows[:, 1:]       # x: (B, T), y: (B, T)
@@ -274,19 +289,24 @@ def get_batch(data, batch_size, block_size, generator):
 # weighted average of the values:   out = softmax(Q K^T / sqrt(d_k) + mask) V
 
 def attention(q, k, v):
-    """Causal attention in plain tensor ops. q, k, v: (B, nh, T, hs). Returns (output, weights)."""
-    T, d_k = q.size(-2), q.size(-1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)                        # (B, nh, T, T)
-    future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=q.device), diagonal=1)
+    """Causal attention in plain tensor ops. q: (B, nh, Tq, d_k), k and v: (B, nh, Tk, d_k), where nh is
+    the number of heads and d_k the size of one head. Returns (output, weights)."""
+    Tq, Tk, d_k = q.size(-2), k.size(-2), q.size(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)                        # (B, nh, Tq, Tk)
+    # The queries are the last Tq of the Tk positions (Tq < Tk when earlier keys come from a cache),
+    # so query i sits at position Tk - Tq + i and must not see the keys after it.
+    future = torch.triu(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device), diagonal=Tk - Tq + 1)
     scores = scores.masked_fill(future, float("-inf"))
     weights = F.softmax(scores, dim=-1)                                      # rows sum to 1
-    return weights @ v, weights                                              # (B, nh, T, hs)
+    return weights @ v, weights                                              # (B, nh, Tq, d_k)
 
 
-# 3b. Multi-head attention. One matrix makes q, k and v for all heads at once (3 x n_embd outputs);
-# each head attends in its own n_embd / n_head dimensions, and c_proj mixes the heads back.
-# The fast path calls F.scaled_dot_product_attention, which computes the same formula as
-# `attention` in one fused kernel (flash attention on a GPU); a test checks they agree.
+# 3b. Multi-head attention. One matrix, c_attn, makes q, k and v for all heads at once (3 x n_embd
+# outputs; the names c_attn, c_proj, c_fc are GPT-2's). Each head attends in its own d_k = n_embd / n_head
+# dimensions, so heads can look for different things; c_proj mixes the heads' outputs back together.
+# The fast path calls F.scaled_dot_product_attention, which computes the same formula as `attention`
+# in one fused kernel (flash attention on a GPU); a test checks they agree. `cache` is for sampling
+# (section 5): the keys and values of characters already seen, so they are not computed again.
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
@@ -296,29 +316,32 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.resid_drop = nn.Dropout(cfg.dropout)
-        self.by_hand = False      # True: use `attention` above and keep the weights in .weights
-        self.weights = None
+        self.keep_weights = False  # GPT.attention_maps sets it: run `attention` by hand, keep its weights
+        self.attn_weights = None
 
     def forward(self, x, cache=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)                             # 3 x (B, T, C)
+        # split C into n_head heads of d_k, and move the head axis forward: (B, T, C) -> (B, nh, T, d_k)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:     # sampling: prepend the keys/values of the characters seen so far
-            k, v = cache.extend(k, v)                                        # (B, nh, T_past + T, hs)
-        if self.by_hand:
-            y, self.weights = attention(q, k, v)
+        if cache is not None:
+            k, v = cache.extend(k, v)                                        # (B, nh, T_past + T, d_k)
+        if self.keep_weights:
+            y, self.attn_weights = attention(q, k, v)
         else:
-            # Causal when queries and keys start together; a one-character query against a cache
-            # may look at every cached key, so no mask is needed then.
+            # is_causal masks as if queries and keys start together: right without a cache, and for
+            # one new query against a cache (it may see every key). Sampling uses nothing else.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=q.size(2) > 1,
                                                dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                      # heads side by side
         return self.resid_drop(self.c_proj(y))
 
 
-# 3c. The feed-forward net, applied to each position on its own: W2 GELU(W1 x + b1) + b2.
-# It widens to 4 x n_embd, bends with GELU (a smooth ReLU: x * Phi(x)), and narrows back.
-# We leave out the biases b1, b2 (as in the other linear maps): they add little and cost time.
+# 3c. The feed-forward net, applied to each position on its own. The Transformer's is
+# W2 act(W1 x + b1) + b2: one nonlinearity between two linear maps (not a second one after W2).
+# It widens to 4 x n_embd, bends with GELU (a smooth ReLU: x * Phi(x), Phi the normal CDF; we use
+# its tanh approximation, as GPT-2 did, which is also faster on a CPU), and narrows back. We leave
+# out the biases b1, b2 (as in every linear map here): they add little and cost time.
 
 class MLP(nn.Module):
     def __init__(self, cfg):
@@ -332,8 +355,10 @@ class MLP(nn.Module):
 
 
 # 3d. A Transformer block, pre-LayerNorm: normalise, transform, add back to the residual stream.
-#   x = x + attn(ln1(x));   x = x + mlp(ln2(x))
-# The residual path lets gradients flow straight from the loss to the first layer.
+#   x = x + attn(ln_1(x));   x = x + mlp(ln_2(x))
+# LayerNorm rescales each position's vector to mean 0 and variance 1, then by a learned gain:
+#   ln(x) = g * (x - mean(x)) / sqrt(var(x) + eps)
+# The residual path (the "x +") lets gradients flow straight from the loss to the first layer.
 
 class Block(nn.Module):
     def __init__(self, cfg):
@@ -348,21 +373,12 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class KVCache:
-    """The keys and values one attention layer has computed so far, so sampling can skip them."""
-
-    def __init__(self):
-        self.k = self.v = None
-
-    def extend(self, k, v):
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
-
-
 # 3e. The GPT: token embedding + position embedding -> n_layer blocks -> LayerNorm -> logits.
-# The output layer shares its matrix with the token embedding ("weight tying"): reading a
-# character in and writing it out use the same vectors, which saves parameters and learns faster.
+# An embedding is a learned table: character id i -> row i of wte (V x C), position t -> row t of
+# wpe (block_size x C); their sum says what and where each character is. lm_head maps the final
+# vectors to one logit per character of the vocabulary. It shares its matrix with wte ("weight
+# tying"): reading a character in and writing it out use the same vectors, which saves parameters
+# and learns faster.
 
 class GPT(nn.Module):
     def __init__(self, cfg, vocab_size):
@@ -384,9 +400,12 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std)
 
     def forward(self, idx, targets=None, caches=None):
-        """idx: (B, T) ids. Returns logits (B, T, V) and, given targets, the mean cross-entropy."""
+        """idx: (B, T) ids. Returns logits (B, T, V) and, given targets, the mean cross-entropy.
+        caches (sampling only): one KVCache per block; idx then continues the cached characters."""
         B, T = idx.shape
-        start = 0 if caches is None or caches[0].k is None else caches[0].k.size(2)
+        start = 0 if caches is None or caches[0].k is None else caches[0].k.size(2)  # characters cached
+        if start + T > self.block_size:
+            raise ValueError(f"{start + T} positions, but the model knows only block_size={self.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))                          # (B, T, C)
         for i, block in enumerate(self.blocks):
@@ -402,14 +421,17 @@ class GPT(nn.Module):
     def attention_maps(self, idx):
         """Attention weights of every layer for input idx: a list of (B, n_head, T, T) tensors."""
         attns = [block.attn for block in self.blocks]
+        was_training = self.training
+        self.eval()
         for a in attns:
-            a.by_hand = True
+            a.keep_weights = True
         try:
             self.forward(idx)
-            return [a.weights for a in attns]
+            return [a.attn_weights for a in attns]
         finally:
             for a in attns:
-                a.by_hand, a.weights = False, None
+                a.keep_weights, a.attn_weights = False, None
+            self.train(was_training)
 
 
 def count_params(model):
@@ -419,15 +441,15 @@ def count_params(model):
 # -----------------------------------------------------------------------------
 # 4. Training
 # -----------------------------------------------------------------------------
-# 4a. The learning rate: linear warm-up (Adam's early steps are noisy), then a cosine decay from
-# learning_rate to min_lr. `progress` runs 0 -> 1 over the budget, counted in iterations or in
-# seconds, whichever ends first, so a 5-minute run decays over 5 minutes.
-#   lr = min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2
+# 4a. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
+# the budget (counted in iterations or in seconds, whichever ends first, so a 5-minute run decays
+# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (Adam's first
+# steps rest on poor estimates of the gradient's moments, so they should be small):
+#   lr = [min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2] * min(1, (it + 1) / warmup_iters)
 
 def get_lr(it, progress, cfg):
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / cfg.warmup_iters
-    return cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    cosine = cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cosine * min(1.0, (it + 1) / cfg.warmup_iters) if cfg.warmup_iters else cosine
 
 
 def budget_progress(it, elapsed, cfg):
@@ -436,8 +458,14 @@ def budget_progress(it, elapsed, cfg):
     return max(by_iters, by_time)
 
 
+# 4b. The optimizer: AdamW. For each parameter p with gradient g, it keeps running averages
+#   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2        (bias-corrected: m^, v^)
+#   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
+# so each weight moves by about lr, whatever its gradient's scale. beta2 = 0.99 (not 0.999): with
+# small batches, a shorter memory of g^2 adapts faster. Weight decay pulls the matrices (and the
+# embedding tables) toward 0; the LayerNorm gains are left alone.
+
 def make_optimizer(model, cfg):
-    """AdamW; weight decay pulls matrices toward 0, but never the LayerNorm gains."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -446,6 +474,43 @@ def make_optimizer(model, cfg):
     except RuntimeError:  # a device without the fused kernel
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99))
 
+
+# 4c. One training step. On a GPU, autocast runs the matmuls in bfloat16 (twice as fast, half the
+# memory) and keeps sums and the loss in float32.
+
+def setup_precision(cfg, device_type):
+    """float32 everywhere; on a GPU, bfloat16 autocast (matmuls in bf16, sums in fp32) and TF32."""
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range with a 10-bit mantissa
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = (nullcontext() if dtype == "float32"
+                else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+    # float16 has a narrow range: scale the loss up so small gradients do not round to 0
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    return dtype, autocast, scaler
+
+
+def train_step(model, optimizer, scaler, autocast, x, y, lr, grad_clip):
+    """One step of gradient descent on one batch: forward, backward, clip, AdamW update."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        _, loss = model(x, y)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:  # rescale the whole gradient if its norm exceeds grad_clip: no single huge step
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+# 4d. Evaluation: the loss on batches the model is not trained on (val) tells whether it generalises;
+# the gap to the train loss shows overfitting.
 
 @torch.no_grad()
 def estimate_loss(model, splits, cfg, device, autocast):
@@ -466,9 +531,10 @@ def estimate_loss(model, splits, cfg, device, autocast):
     return out
 
 
-# 4b. Checkpoints. torch.save writes a pickle; loading an arbitrary pickle can run code, so we store
-# only tensors and plain Python values and load with weights_only=True. A checkpoint is written to
-# a temporary file and then renamed: the rename is atomic, so a crash mid-write keeps the old one.
+# 4e. Checkpoints and outputs. torch.save writes a pickle, and loading an arbitrary pickle can run
+# code, so we store only tensors and plain Python values and load with weights_only=True. A checkpoint
+# is written to a temporary file and then renamed: the rename is atomic, so a crash mid-write keeps
+# the old one.
 
 def save_checkpoint(path, state):
     tmp = path + ".tmp"
@@ -504,19 +570,6 @@ def prepare_out_dir(out_dir):
                          "choose a writable folder") from None
 
 
-# 4c. Several processes (torchrun): each trains on its own random batches; DistributedDataParallel
-# averages the gradients after backward, so every copy of the model takes the same step.
-
-def setup_ddp(device):
-    import torch.distributed as dist
-    rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    if device.startswith("cuda"):
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return rank, world, device
-
-
 def write_outputs(out_dir, history, metrics):
     with open(os.path.join(out_dir, "log.csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -541,6 +594,9 @@ def plot_losses(history, path):
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
+
+# 4f. Measuring: training seconds, tokens per second, and MFU (model FLOPs utilisation: the share of
+# the hardware's peak FLOP/s that the model's own arithmetic uses).
 
 def fmt_seconds(s):
     return f"{int(s // 60)}m{int(s % 60):02d}s"
@@ -599,36 +655,21 @@ class Clock:
             self.paused_for += time.perf_counter() - t
 
 
-def setup_precision(cfg, device_type):
-    """float32 everywhere; on a GPU, bfloat16 autocast (matmuls in bf16, sums in fp32) and TF32."""
-    dtype = cfg.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range with a 10-bit mantissa
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = (nullcontext() if dtype == "float32"
-                else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
-    # float16 has a narrow range: scale the loss up so small gradients do not round to 0
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-    return dtype, autocast, scaler
+# 4g. Several processes (torchrun): each trains on its own random batches; DistributedDataParallel
+# averages the gradients after backward, so every copy of the model takes the same step.
+
+def setup_ddp(device):
+    import torch.distributed as dist
+    rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return rank, world, device
 
 
-def train_step(model, optimizer, scaler, autocast, x, y, lr, grad_clip):
-    """One step of gradient descent on one batch: forward, backward, clip, AdamW update."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with autocast:
-        _, loss = model(x, y)
-    scaler.scale(loss).backward()
-    if grad_clip > 0:  # rescale the whole gradient if its norm exceeds grad_clip: no single huge step
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return loss
-
+# 4h. The training loop: evaluate every eval_interval iterations and when the budget is spent,
+# otherwise take a step; log every log_interval steps; save a checkpoint at each evaluation.
 
 def train(cfg: Config, quiet=False):
     """Train a GPT as cfg says. Returns a dict: model, itos, device, history (rows of log.csv), metrics."""
@@ -658,6 +699,7 @@ def train(cfg: Config, quiet=False):
     if ckpt and set(text) - set(stoi):
         raise UsageError(f"{cfg.input} has characters the checkpoint's vocabulary lacks: "
                          "resume on the text it was trained on")
+    check_prompt(cfg.prompt, stoi)  # the sample comes after training: fail now, not in 5 minutes
     train_data, val_data = split_data(text, stoi, cfg.block_size)
 
     torch.manual_seed(cfg.seed + rank)
@@ -672,6 +714,11 @@ def train(cfg: Config, quiet=False):
         it, best_val, history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
         torch.set_rng_state(ckpt["rng"])
         data_gen.set_state(ckpt["data_rng"])
+        if ddp:  # the checkpoint holds rank 0's stream: give each process a fresh one of its own
+            data_gen.manual_seed(cfg.seed + rank + world * it)
+        if budget_progress(it, ckpt["train_seconds"], cfg) >= 1:
+            raise UsageError(f"the checkpoint has already trained {it} iterations ({ckpt['train_seconds']:.0f} s), "
+                             "the whole budget: raise --max_iters or --max_seconds to train more")
     n_params = count_params(model)
     raw_model = model  # the plain module: what we save, evaluate and sample from
     if cfg.compile:
@@ -682,17 +729,18 @@ def train(cfg: Config, quiet=False):
     say(f"{KIND}: {n_params:,} parameters, vocabulary {len(itos)}, {len(train_data):,} training characters, "
         f"device {device}, {dtype}" + (f", {world} processes" if ddp else ""))
 
-    def checkpoint():
+    def checkpoint():  # everything needed to continue exactly where we are
         if rank == 0:
             save_checkpoint(ckpt_path, {
                 "kind": KIND, "config": asdict(cfg), "itos": itos, "iter": it, "best_val_loss": best_val,
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": torch.get_rng_state(), "data_rng": data_gen.get_state(), "history": history})
+                "rng": torch.get_rng_state(), "data_rng": data_gen.get_state(), "history": history,
+                "train_seconds": clock.local()})
 
     # -- the loop: evaluate every eval_interval iterations and when the budget is spent, else step
     tokens_per_iter = cfg.batch_size * cfg.block_size * world
     peak = peak_flops(device)
-    clock = Clock(offset=history[-1][3] if history else 0.0, ddp=ddp, device=device)
+    clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0, ddp=ddp, device=device)
     it_start, it_log, tokens_per_s = it, it, 0.0
     try:
         while True:
@@ -702,6 +750,9 @@ def train(cfg: Config, quiet=False):
             if (it % cfg.eval_interval == 0 and not already_evaluated) or done:
                 with clock.paused():  # evaluation is not training time
                     losses = estimate_loss(raw_model, {"train": train_data, "val": val_data}, cfg, device, autocast)
+                if not math.isfinite(losses["val"]):  # keep the last good checkpoint
+                    raise UsageError(f"the loss became {losses['val']} at iteration {it}: "
+                                     "lower --learning_rate or keep --grad_clip on")
                 best_val = min(best_val, losses["val"])
                 history.append((it, round(losses["train"], 4), round(losses["val"], 4), round(clock.local(), 1),
                                 round(tokens_per_s)))
@@ -720,7 +771,7 @@ def train(cfg: Config, quiet=False):
                                      "lower --learning_rate or keep --grad_clip on")
                 dt = clock.lap() / (it - it_log)
                 it_log, tokens_per_s = it, tokens_per_iter / dt
-                mfu = f" | mfu {flops_per_token(n_params, cfg) * tokens_per_s / peak:.0%}" if peak else ""
+                mfu = f" | mfu {flops_per_token(n_params, cfg) * tokens_per_s / world / peak:.0%}" if peak else ""
                 elapsed = clock.local()
                 left = elapsed / progress - elapsed if progress > 0 else 0.0
                 say(f"iter {it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {tokens_per_s:,.0f} tok/s"
@@ -756,6 +807,18 @@ def train(cfg: Config, quiet=False):
 # is full, we crop the text to its last block_size // 2 characters and recompute the cache from
 # them (one half-window forward per block_size // 2 new characters).
 
+class KVCache:
+    """The keys and values one attention layer has computed so far, so sampling can skip them."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def extend(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
 def sample_next(logits, temperature, top_k, generator=None):
     """logits: (B, V) -> ids (B, 1). temperature 0 means greedy (always the most likely)."""
     if temperature == 0:
@@ -785,7 +848,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=N
             logits, _ = model(nxt, caches=caches)
         else:                                                # full: crop and recompute
             caches = [KVCache() for _ in model.blocks]
-            logits, _ = model(idx[:, -(T // 2):], caches=caches)
+            logits, _ = model(idx[:, -max(1, T // 2):], caches=caches)
     return idx
 
 
@@ -808,16 +871,16 @@ def load_model(out_dir, device="cpu"):
     return model.to(device).eval(), ckpt["itos"]
 
 
-def print_samples(model, itos, cfg, device):
-    if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
-        raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise UsageError(f"--top_k={cfg.top_k} must be at least 1")
-    stoi = {c: i for i, c in enumerate(itos)}
-    missing = sorted(set(cfg.prompt) - set(stoi))
+def check_prompt(prompt, stoi):
+    missing = sorted(set(prompt) - set(stoi))
     if missing:
         raise UsageError(f"the prompt has characters the model never saw: {''.join(missing)!r}; "
                          "use characters from the training text")
+
+
+def print_samples(model, itos, cfg, device):
+    stoi = {c: i for i, c in enumerate(itos)}
+    check_prompt(cfg.prompt, stoi)
     g = torch.Generator().manual_seed(cfg.seed)
     for i in range(cfg.num_samples):
         print(f"--- sample {i + 1} ---" if cfg.num_samples > 1 else "--- sample ---")
@@ -835,6 +898,7 @@ def print_samples(model, itos, cfg, device):
 def main(argv=None):
     cfg = parse_args(argv)
     if cfg.sample_only:
+        check_sample_flags(cfg)
         device = pick_device(cfg.device)
         model, itos = load_model(cfg.out_dir, device)
         print_samples(model, itos, cfg, device)

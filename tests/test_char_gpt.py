@@ -36,6 +36,16 @@ def test_attention_by_hand_equals_the_fused_kernel():
     assert torch.all(weights.triu(diagonal=1) == 0)  # no weight on the future
 
 
+def test_attention_with_cached_keys_masks_only_the_future():
+    """Queries for the last 3 of 7 positions (the first 4 keys from a cache) = the last 3 rows of full attention."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 3, 7, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    full, full_w = cg.attention(q, k, v)
+    part, part_w = cg.attention(q[:, :, 4:], k, v)
+    torch.testing.assert_close(part, full[:, :, 4:])
+    torch.testing.assert_close(part_w, full_w[:, :, 4:])
+
+
 def test_attention_weights_match_a_loop_over_positions():
     """softmax(q_t . k_s / sqrt(d)) for s <= t, one position at a time: the formula read literally."""
     g = torch.Generator().manual_seed(1)
@@ -52,7 +62,7 @@ def test_model_gives_the_same_logits_by_hand_and_fast():
     fast, _ = model(idx)
     maps = model.attention_maps(idx)
     for block in model.blocks:
-        block.attn.by_hand = True
+        block.attn.keep_weights = True
     by_hand, _ = model(idx)
     torch.testing.assert_close(by_hand, fast, rtol=1e-5, atol=1e-5)
     assert len(maps) == 2 and maps[0].shape == (2, 4, 24, 24)
@@ -151,7 +161,8 @@ def test_overfits_one_batch():
 def test_learning_rate_warms_up_then_decays_to_min_lr():
     cfg = cg.Config(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100)
     assert cg.get_lr(0, 0.0, cfg) == pytest.approx(1e-4)
-    assert cg.get_lr(9, 0.09, cfg) == pytest.approx(1e-3)
+    assert cg.get_lr(9, 0.0, cfg) == pytest.approx(1e-3)
+    assert cg.get_lr(5, 0.5, cfg) == pytest.approx(0.6 * (1e-3 + 1e-4) / 2)  # warm-up scales the cosine
     assert cg.get_lr(55, 0.5, cfg) == pytest.approx((1e-3 + 1e-4) / 2)
     assert cg.get_lr(100, 1.0, cfg) == pytest.approx(1e-4)
     assert cg.budget_progress(50, 30.0, cg.Config(max_iters=100, max_seconds=40)) == 0.75  # time runs out first
