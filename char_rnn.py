@@ -173,6 +173,8 @@ def parse_args(argv=None) -> Config:
 
 
 def pick_device(name):
+    if name != "auto" and not (name in ("cpu", "cuda", "mps") or name.startswith("cuda:")):
+        raise UsageError(f"--device={name} is not one of auto, cpu, cuda, cuda:N, mps")
     if name != "auto":
         if name.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(f"--device={name} but no CUDA GPU is visible: use --device=cpu")
@@ -195,11 +197,12 @@ def fill_defaults(cfg: Config, device: str) -> Config:
     if cfg.max_iters is None and cfg.max_seconds is None:  # --max_iters alone means: no time limit
         cfg.max_seconds = defaults["max_seconds"]
     cfg.min_lr = min(cfg.min_lr, cfg.learning_rate)  # a lowered --learning_rate lowers the floor too
-    check_sizes(cfg)
+    check_config(cfg)
     return cfg
 
 
-def check_sizes(cfg: Config):
+def check_config(cfg: Config):
+    """Every flag checked before any work starts: a typo should not cost a training run."""
     for name in ("batch_size", "block_size", "n_layer", "n_embd", "eval_interval", "eval_iters", "log_interval"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name}={getattr(cfg, name)} must be at least 1")
@@ -210,6 +213,16 @@ def check_sizes(cfg: Config):
         raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
     if cfg.learning_rate <= 0:
         raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
+    check_sample_flags(cfg)
+
+
+def check_sample_flags(cfg: Config):
+    if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
+        raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise UsageError(f"--top_k={cfg.top_k} must be at least 1")
+    if not cfg.prompt:
+        raise UsageError("--prompt is empty: the samples need at least one character to start from")
 
 
 # -----------------------------------------------------------------------------
@@ -229,6 +242,8 @@ def read_text(path):
     except UnicodeDecodeError as e:
         raise UsageError(f"input file {path} is not UTF-8 text (byte {e.start}): "
                          "convert it, e.g. iconv -t utf-8") from None
+    except OSError as e:
+        raise UsageError(f"cannot read input file {path} ({e.strerror}): check the path and its permissions") from None
     if not text:
         raise UsageError(f"input file {path} is empty: give it some text to learn from")
     return text
@@ -266,11 +281,11 @@ def split_data(text, stoi, batch_size, block_size):
     n = int(0.9 * len(data))
     train, val = data[:n], data[n:]
     chunk = batch_size * (block_size + 1)  # one chunk of every stream, plus the targets' extra character
+    need = math.ceil(chunk / 0.1)  # the 10% split must hold one chunk of every stream
     if len(val) < chunk:
-        need = math.ceil(chunk / 0.1) + 10
         raise UsageError(f"the input has {len(text):,} characters, too short for --batch_size={batch_size} "
                          f"streams of --block_size={block_size} (the 10% validation split needs one chunk "
-                         f"per stream): use at least {need:,} characters or a smaller --block_size")
+                         f"per stream): use at least {need:,} characters or a smaller --batch_size or --block_size")
     return train, val
 
 
@@ -457,15 +472,15 @@ def count_params(model):
 # -----------------------------------------------------------------------------
 # 5. Training
 # -----------------------------------------------------------------------------
-# 5a. The learning rate: linear warm-up (Adam's early steps are noisy), then a cosine decay from
-# learning_rate to min_lr. `progress` runs 0 -> 1 over the budget, counted in iterations or in
-# seconds, whichever ends first, so a 5-minute run decays over 5 minutes.
-#   lr = min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2
+# 5a. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
+# the budget (counted in iterations or in seconds, whichever ends first, so a 5-minute run decays
+# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (Adam's first
+# steps rest on poor estimates of the gradient's moments, so they should be small):
+#   lr = [min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2] * min(1, (it + 1) / warmup_iters)
 
 def get_lr(it, progress, cfg):
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / cfg.warmup_iters
-    return cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    cosine = cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cosine * min(1.0, (it + 1) / cfg.warmup_iters) if cfg.warmup_iters else cosine
 
 
 def budget_progress(it, elapsed, cfg):
@@ -587,12 +602,12 @@ class Clock:
         self.paused_for = 0.0
         self.last_lap = offset
 
-    def elapsed(self):
+    def local(self):
         return self.offset + time.perf_counter() - self.start - self.paused_for
 
     def lap(self):
         """Training seconds since the last lap."""
-        now = self.elapsed()
+        now = self.local()
         seconds, self.last_lap = now - self.last_lap, now
         return seconds
 
@@ -623,6 +638,8 @@ def train(cfg: Config, quiet=False):
     """Train a recurrent network as cfg says. Returns a dict: model, itos, history (rows of log.csv),
     metrics, device."""
     say = (lambda *a, **k: None) if quiet else print
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise UsageError(f"{KIND}.py runs in one process: start it with python, not torchrun")
     device = pick_device(cfg.device)
     device_type = device.split(":")[0]
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
@@ -640,6 +657,7 @@ def train(cfg: Config, quiet=False):
     if ckpt and set(text) - set(stoi):
         raise UsageError(f"{cfg.input} has characters the checkpoint's vocabulary lacks: "
                          "resume on the text it was trained on")
+    check_prompt(cfg.prompt, stoi)  # the sample comes after training: fail now, not in 5 minutes
     train_data, val_data = split_data(text, stoi, cfg.batch_size, cfg.block_size)
     train_streams = make_streams(train_data, cfg.batch_size)                 # (B, N)
     val_streams = make_streams(val_data, cfg.batch_size)
@@ -659,30 +677,37 @@ def train(cfg: Config, quiet=False):
         it, best_val, history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
         chunk, hidden = ckpt["chunk"], hidden_to(ckpt["hidden"], device)
         torch.set_rng_state(ckpt["rng"])
+        if budget_progress(it, ckpt["train_seconds"], cfg) >= 1:
+            raise UsageError(f"the checkpoint has already trained {it} iterations ({ckpt['train_seconds']:.0f} s), "
+                             "the whole budget: raise --max_iters or --max_seconds to train more")
     n_params = count_params(model)
     say(f"{KIND}: {cfg.model} ({cfg.impl}), {n_params:,} parameters, vocabulary {len(itos)}, "
         f"{len(train_data):,} training characters, device {device}")
 
-    def checkpoint():
+    def checkpoint():  # everything needed to continue exactly where we are
         save_checkpoint(ckpt_path, {
             "kind": KIND, "config": asdict(cfg), "itos": itos, "iter": it, "best_val_loss": best_val,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-            "chunk": chunk, "hidden": hidden_to(hidden, "cpu"), "history": history})
+            "chunk": chunk, "hidden": hidden_to(hidden, "cpu"), "history": history,
+            "train_seconds": clock.local()})
 
     # -- the loop: evaluate every eval_interval iterations and when the budget is spent, else step
     tokens_per_iter = cfg.batch_size * cfg.block_size
-    clock = Clock(offset=history[-1][3] if history else 0.0)
+    clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0)
     it_start, it_log, tokens_per_s = it, it, 0.0
     try:
         while True:
-            progress = budget_progress(it, clock.elapsed(), cfg)
+            progress = budget_progress(it, clock.local(), cfg)
             done = progress >= 1.0
             already_evaluated = ckpt is not None and it == ckpt["iter"]
             if (it % cfg.eval_interval == 0 and not already_evaluated) or done:
                 with clock.paused():  # evaluation is not training time
                     losses = estimate_loss(model, {"train": train_streams, "val": val_streams}, cfg, device)
+                if not math.isfinite(losses["val"]):  # keep the last good checkpoint
+                    raise UsageError(f"the loss became {losses['val']} at iteration {it}: "
+                                     "lower --learning_rate or keep --grad_clip on")
                 best_val = min(best_val, losses["val"])
-                history.append((it, round(losses["train"], 4), round(losses["val"], 4), round(clock.elapsed(), 1),
+                history.append((it, round(losses["train"], 4), round(losses["val"], 4), round(clock.local(), 1),
                                 round(tokens_per_s)))
                 say(f"eval iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 checkpoint()
@@ -702,7 +727,7 @@ def train(cfg: Config, quiet=False):
                                      "lower --learning_rate or keep --grad_clip on")
                 dt = clock.lap() / (it - it_log)
                 it_log, tokens_per_s = it, tokens_per_iter / dt
-                elapsed = clock.elapsed()
+                elapsed = clock.local()
                 left = elapsed / progress - elapsed if progress > 0 else 0.0
                 say(f"iter {it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {tokens_per_s:,.0f} tok/s"
                     f" | lr {lr:.2e} | {fmt_seconds(left)} left")
@@ -711,9 +736,9 @@ def train(cfg: Config, quiet=False):
         say(f"\ninterrupted at iteration {it}: checkpoint saved to {ckpt_path} (continue with --resume)")
         raise
 
-    this_run = clock.elapsed() - clock.offset
+    this_run = clock.local() - clock.offset
     metrics = {"best_val_loss": best_val, "final_val_loss": history[-1][2], "iters": it,
-               "train_seconds": round(clock.elapsed(), 1),
+               "train_seconds": round(clock.local(), 1),
                "tokens_per_second": round((it - it_start) * tokens_per_iter / max(this_run, 1e-9)),
                "params": n_params, "device": device, "config": asdict(cfg)}
     write_outputs(cfg.out_dir, history, metrics)
@@ -765,18 +790,16 @@ def load_model(out_dir, device="cpu", impl=None):
     return model.to(device).eval(), ckpt["itos"]
 
 
-def print_samples(model, itos, cfg, device):
-    if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
-        raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise UsageError(f"--top_k={cfg.top_k} must be at least 1")
-    if not cfg.prompt:
-        raise UsageError("--prompt is empty: the samples need at least one character to start from")
-    stoi = {c: i for i, c in enumerate(itos)}
-    missing = sorted(set(cfg.prompt) - set(stoi))
+def check_prompt(prompt, stoi):
+    missing = sorted(set(prompt) - set(stoi))
     if missing:
         raise UsageError(f"the prompt has characters the model never saw: {''.join(missing)!r}; "
                          "use characters from the training text")
+
+
+def print_samples(model, itos, cfg, device):
+    stoi = {c: i for i, c in enumerate(itos)}
+    check_prompt(cfg.prompt, stoi)
     g = torch.Generator().manual_seed(cfg.seed)
     for i in range(cfg.num_samples):
         print(f"--- sample {i + 1} ---" if cfg.num_samples > 1 else "--- sample ---")
@@ -794,6 +817,7 @@ def print_samples(model, itos, cfg, device):
 def main(argv=None):
     cfg = parse_args(argv)
     if cfg.sample_only:
+        check_sample_flags(cfg)
         device = pick_device(cfg.device)
         model, itos = load_model(cfg.out_dir, device, cfg.impl)
         print_samples(model, itos, cfg, device)

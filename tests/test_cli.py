@@ -220,3 +220,37 @@ def test_chinese_text_with_thousands_of_characters(script, tmp_path):
     assert "vocabulary 3000" in proc.stdout or "vocabulary 3001" in proc.stdout
     sample = proc.stdout.split("--- sample ---\n")[1]
     assert sample.startswith(text[:3]) and all(0x4E00 <= ord(c) < 0x4E00 + 3000 or c == "\n" for c in sample)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("flags, words", [
+    (["--temperature=-1"], ["--temperature"]),
+    (["--top_k=0"], ["--top_k"]),
+    (["--prompt="], ["--prompt", "empty"]),
+    (["--prompt=ROMEO\u2603"], ["\u2603"]),
+    (["--device=gpu"], ["--device=gpu"]),
+])
+def test_sampling_and_device_flags_are_checked_before_training(script, flags, words, tmp_path, text_file):
+    proc = train(script, tmp_path, text_file, "--max_iters", 5, *flags)
+    assert_one_line_error(proc, *words)
+    assert not (tmp_path / "out" / "ckpt.pt").exists()  # it failed before training, not after
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_of_a_finished_run_says_the_budget_is_spent(script, tmp_path, text_file):
+    assert train(script, tmp_path, text_file, "--max_iters", 5, "--max_new_tokens", 1).returncode == 0
+    proc = train(script, tmp_path, text_file, "--max_iters", 5, "--resume")
+    assert_one_line_error(proc, "--max_iters")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_after_ctrl_c_keeps_the_training_time(script, tmp_path, text_file):
+    assert train(script, tmp_path, text_file, "--max_iters", 10, "--eval_interval", 5,
+                 "--max_new_tokens", 1).returncode == 0
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    assert ckpt["train_seconds"] > 0
+    proc = train(script, tmp_path, text_file, "--max_iters", 20, "--eval_interval", 5, "--resume",
+                 "--max_new_tokens", 1)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["train_seconds"] >= round(ckpt["train_seconds"], 1)  # metrics rounds to 0.1 s
