@@ -569,18 +569,16 @@ def write_outputs(out_dir, history, metrics):
 
 
 def plot_losses(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: drawing to a file leaves a notebook's plots alone
     its = [row[0] for row in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(its, [row[1] for row in history], label="train")
     ax.plot(its, [row[2] for row in history], label="val")
     ax.set(xlabel="iteration", ylabel="loss (nats per character)", title=f"{KIND}: loss")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def fmt_seconds(s):

@@ -5,6 +5,7 @@ Every test here runs the real script in a subprocess, the way a user does, with 
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -111,13 +112,14 @@ def test_resume_continues_exactly(script, tmp_path, text_file):
 def test_ctrl_c_saves_a_checkpoint(script, tmp_path, text_file):
     cmd = [sys.executable, "-u", str(REPO / script), "--input", str(text_file), "--out_dir", str(tmp_path / "out"),
            "--max_iters", 100000, "--log_interval", 5, "--eval_interval", 100000, *TINY[script]]
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # two threads on a busy machine can crawl
     proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     for line in proc.stdout:  # wait until it is training
         if line.startswith("iter 10 "):
             break
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "checkpoint saved" in out
