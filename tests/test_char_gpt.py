@@ -68,6 +68,20 @@ def test_model_gives_the_same_logits_by_hand_and_fast():
     assert len(maps) == 2 and maps[0].shape == (2, 4, 24, 24)
 
 
+def test_bfloat16_autocast_on_cpu_stays_close_to_float32():
+    """The CPU bf16 path (matmuls in bf16, attention in float32) computes the same function, to bf16's precision."""
+    model = tiny_model()
+    idx, targets = torch.randint(20, (2, 24)), torch.randint(20, (2, 24))
+    ref, ref_loss = model(idx, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, low_loss = model(idx, targets)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, rtol=0, atol=0.05)
+    torch.testing.assert_close(low_loss, ref_loss, rtol=0.01, atol=0)
+    low_loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_changing_a_future_character_never_changes_an_earlier_logit():
     model = tiny_model()
     idx = torch.randint(20, (1, 24))
