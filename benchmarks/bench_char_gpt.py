@@ -2,6 +2,7 @@
 
   python benchmarks/bench_char_gpt.py speed [--nanogpt DIR]   # tokens/s at nanoGPT's CPU recipe shape
   python benchmarks/bench_char_gpt.py quality [--seconds 180] # val loss after a time budget, CPU defaults
+                                                              # (more char_gpt.py flags may follow)
   python benchmarks/bench_char_gpt.py sampling                # KV cache vs recomputing the window
   python benchmarks/bench_char_gpt.py default                 # `python char_gpt.py` as a user runs it
 
@@ -124,6 +125,5 @@ if __name__ == "__main__":
     p.add_argument("--nanogpt", help="a nanoGPT checkout to time beside ours (speed)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=180)
-    p.add_argument("extra", nargs="*", help="more char_gpt.py flags (quality), e.g. -- --n_layer=6")
-    args = p.parse_args()
+    args, args.extra = p.parse_known_args()  # any other flags go to char_gpt.py (quality), e.g. --n_layer=6
     {"speed": speed, "quality": quality, "sampling": sampling, "default": default}[args.what](args)
