@@ -748,6 +748,8 @@ def train(cfg: Config, quiet=False):
     say(f"{KIND}: {n_params:,} parameters, vocabulary {len(itos)}, {len(train_data):,} training characters, "
         f"device {device}, {dtype}" + (f", {world} processes" if ddp else ""))
 
+    clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0, ddp=ddp, device=device)  # training seconds
+
     def checkpoint():  # everything needed to continue exactly where we are
         if rank == 0:
             save_checkpoint(ckpt_path, {
@@ -759,7 +761,6 @@ def train(cfg: Config, quiet=False):
     # -- the loop: evaluate every eval_interval iterations and when the budget is spent, else step
     tokens_per_iter = cfg.batch_size * cfg.block_size * world
     peak = peak_flops(device)
-    clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0, ddp=ddp, device=device)
     it_start, it_log, tokens_per_s = it, it, 0.0
     try:
         while True:
