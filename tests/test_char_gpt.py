@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, SMALL_TEXT
+from helpers import REPO, SMALL_TEXT, assert_one_line_error, run
 
 sys.path.insert(0, str(REPO))
 import char_gpt as cg  # noqa: E402
@@ -161,15 +161,27 @@ def test_overfits_one_batch():
     torch.manual_seed(0)
     cfg = tiny_config(learning_rate=3e-3, weight_decay=0.0)
     model = cg.GPT(cfg, 20)
-    opt = cg.make_optimizer(model, cfg)
+    optimizers = cg.make_optimizers(model, cfg)
+    _, autocast, scaler = cg.setup_precision(cg.Config(dtype="float32"), "cpu")
     x = torch.randint(20, (4, 24))
     y = torch.roll(x, -1, dims=1)
     for _ in range(150):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = cg.train_step(model, optimizers, scaler, autocast, x, y, cfg.learning_rate, grad_clip=1.0)
     assert loss.item() < 0.1
+
+
+def test_each_parameter_has_one_optimizer_muon_takes_the_blocks_matrices():
+    cfg = tiny_config(learning_rate=1e-3)
+    model = cg.GPT(cfg, 20)
+    muon, adamw = cg.make_optimizers(model, cfg)
+    in_muon = [p for g in muon.param_groups for p in g["params"]]
+    in_adamw = [p for g in adamw.param_groups for p in g["params"]]
+    assert sorted(map(id, in_muon + in_adamw)) == sorted(map(id, model.parameters()))  # all, once each
+    blocks_matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
+    assert {id(p) for p in in_muon} == {id(p) for p in blocks_matrices}
+    assert len(blocks_matrices) == 4 * cfg.n_layer  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    decayed = [p for g in adamw.param_groups if g["weight_decay"] > 0 for p in g["params"]]
+    assert {id(p) for p in decayed} == {id(model.wte.weight), id(model.wpe.weight)}
 
 
 def test_learning_rate_warms_up_then_decays_to_min_lr():
@@ -189,6 +201,19 @@ def test_train_function_returns_history(tmp_path):
     result = cg.train(cfg, quiet=True)
     assert [row[0] for row in result["history"]] == [0, 5, 10]
     assert result["metrics"]["iters"] == 10
+
+
+def test_resuming_a_checkpoint_from_before_muon_is_a_one_line_error(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text(SMALL_TEXT)
+    cfg = tiny_config(input=str(path), out_dir=str(tmp_path / "o"), max_iters=2, eval_interval=5, eval_iters=1)
+    cg.train(cfg, quiet=True)
+    ckpt_path = tmp_path / "o" / "ckpt.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["optimizer"] = ckpt.pop("optimizers")[1]  # the old layout: one AdamW state
+    torch.save(ckpt, ckpt_path)
+    proc = run("char_gpt.py", f"--input={path}", f"--out_dir={tmp_path / 'o'}", "--resume", "--max_iters=4")
+    assert_one_line_error(proc, "older char_gpt.py", "without --resume")
 
 
 # ---------------------------------------------------------------- several processes
