@@ -69,6 +69,7 @@ class Config:
     n_embd: int | None = None
     dropout: float | None = None
     # optimisation
+    optimizer: str = "muon"
     learning_rate: float | None = None
     min_lr: float | None = None
     warmup_iters: int = 100
@@ -115,10 +116,11 @@ HELP = {
     "n_head": "attention heads per block",
     "n_embd": "width of the residual stream",
     "dropout": "dropout probability",
+    "optimizer": "muon (Muon for the blocks' weight matrices, AdamW for the rest) or adamw (AdamW for all)",
     "learning_rate": "peak learning rate",
     "min_lr": "learning rate at the end of the cosine decay",
     "warmup_iters": "iterations of linear warm-up from 0 to --learning_rate",
-    "weight_decay": "AdamW weight decay, applied to weight matrices only",
+    "weight_decay": "weight decay, applied to weight matrices and embedding tables only",
     "grad_clip": "clip the gradient norm to this (0: off)",
     "dtype": "auto (bfloat16 where the GPU or CPU has fast bf16, else float32), float32, bfloat16 or float16",
     "compile": "compile the model with torch.compile (worth it on a GPU)",
@@ -209,6 +211,8 @@ def check_config(cfg: Config):
         raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
     if cfg.learning_rate <= 0:
         raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
+    if cfg.optimizer not in ("muon", "adamw"):
+        raise UsageError(f"--optimizer={cfg.optimizer}: use muon or adamw")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UsageError(f"--dtype={cfg.dtype}: use auto, float32, bfloat16 or float16")
     check_sample_flags(cfg)
@@ -477,28 +481,34 @@ def budget_progress(it, elapsed, cfg):
 # so each number moves by about lr, whatever its gradient's scale. beta2 = 0.99 (not 0.999): with
 # small batches, a shorter memory of g^2 adapts faster.
 # The blocks' weight matrices learn faster with Muon, which treats a matrix W as a matrix, not a bag
-# of numbers. It keeps a momentum M = mu M + G (G the gradient of W) and steps along M with every
-# singular value set to 1: if M = U S V^T (its SVD), the step is U V^T. The few directions that
-# dominate a gradient no longer drown the rest; every direction W can move in moves by the same
-# amount. A few matrix products (a Newton-Schulz iteration) give U V^T approximately, with no SVD.
-# The step is scaled by 0.2 sqrt(max(rows, cols)) so that its size matches an AdamW step: one
-# learning rate serves both. Embedding tables are lookups, not maps of vectors, and the LayerNorm
-# gains are vectors: those stay with AdamW. Weight decay (p -= lr * weight_decay * p) pulls the
-# matrices and embedding tables toward 0; the gains are left alone.
+# of numbers. It keeps a momentum M = mu M + (1 - mu) G (G the gradient of W, mu = 0.95), looks one
+# step ahead, D = (1 - mu) G + mu M (Nesterov), and sets every singular value of D to 1: if
+# D = U S V^T (its SVD), the step is U V^T. The few directions that dominate a gradient no longer drown the
+# rest; every direction W can move in moves by the same amount. A few matrix products (a Newton-Schulz
+# iteration) give U V^T approximately, with no SVD. The step is scaled by 0.2 sqrt(max(rows, cols)) so
+# that its size matches an AdamW step: one learning rate serves both. Embedding tables are lookups,
+# not maps of vectors, and the LayerNorm gains are vectors: those stay with AdamW. (--optimizer=adamw,
+# nanoGPT's choice, gives AdamW the matrices too.) Weight decay, p -= lr * weight_decay * p, pulls the
+# matrices and the embedding tables toward 0; the gains are left alone.
 
 def make_optimizers(model, cfg):
-    """[Muon for the blocks' weight matrices, AdamW for the embeddings and the LayerNorm gains]."""
+    """--optimizer=muon: [Muon for the blocks' weight matrices, AdamW for the embeddings and the
+    LayerNorm gains]; --optimizer=adamw: [AdamW for everything]."""
     matrices = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
+    if cfg.optimizer == "adamw":
+        matrices = []
     in_muon = {id(p) for p in matrices}
-    tables = [p for p in model.parameters() if p.dim() == 2 and id(p) not in in_muon]
-    gains = [p for p in model.parameters() if p.dim() < 2]
-    muon = torch.optim.Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                            adjust_lr_fn="match_rms_adamw")
-    groups = [{"params": tables, "weight_decay": cfg.weight_decay}, {"params": gains, "weight_decay": 0.0}]
+    rest = [p for p in model.parameters() if id(p) not in in_muon]
+    groups = [{"params": [p for p in rest if p.dim() == 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     try:  # fused: one kernel updates every parameter, instead of a few ops per tensor
         adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=True)
     except RuntimeError:  # a device without the fused kernel
         adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99))
+    if not matrices:
+        return [adamw]
+    muon = torch.optim.Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
     return [muon, adamw]
 
 
@@ -720,11 +730,15 @@ def train(cfg: Config, quiet=False):
             say = lambda *a, **k: None  # noqa: E731  (one process talks)
     device_type = device.split(":")[0]
 
-    # -- what: a fresh start, or the checkpoint's model shape with this run's budget and logging flags
+    # -- what: a fresh start, or the checkpoint's model shape and optimizer with this run's budget and
+    # logging flags
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
+    if ckpt and "optimizers" not in ckpt:  # written before Muon joined AdamW: one optimizer state
+        raise UsageError(f"{ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
+                         "train again without --resume (--sample_only still works)")
     if ckpt:
-        for name in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout"):
+        for name in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "optimizer"):
             setattr(cfg, name, ckpt["config"][name])
     cfg = fill_defaults(cfg, device_type)
     if rank == 0:
@@ -746,9 +760,6 @@ def train(cfg: Config, quiet=False):
     it, best_val, history = 0, float("inf"), []
     if ckpt:
         model.load_state_dict(ckpt["model"])
-        if "optimizers" not in ckpt:  # written before Muon joined AdamW: one optimizer state, not two
-            raise UsageError(f"{ckpt_path} comes from an older char_gpt.py and cannot be resumed: "
-                             "train again without --resume (--sample_only still works)")
         for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
             opt.load_state_dict(state)
         it, best_val, history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]

@@ -76,6 +76,7 @@ class Config:
     n_embd: int | None = None
     dropout: float | None = None
     # optimisation
+    optimizer: str = "adamw"
     learning_rate: float | None = None
     min_lr: float | None = None
     warmup_iters: int = 100
@@ -120,10 +121,11 @@ HELP = {
     "n_layer": "stacked recurrent layers",
     "n_embd": "size of the character embedding and of every hidden state",
     "dropout": "dropout probability between layers and before the read-out",
+    "optimizer": "adamw (AdamW for all) or muon (Muon for the recurrent weight matrices, AdamW for the rest)",
     "learning_rate": "peak learning rate",
     "min_lr": "learning rate at the end of the cosine decay",
     "warmup_iters": "iterations of linear warm-up from 0 to --learning_rate",
-    "weight_decay": "AdamW weight decay, applied to weight matrices only",
+    "weight_decay": "weight decay, applied to weight matrices and embedding tables only",
     "grad_clip": "clip the gradient norm to this (0: off)",
     "resume": "continue training from out_dir/ckpt.pt",
     "sample_only": "do not train: load out_dir/ckpt.pt and print samples",
@@ -213,6 +215,8 @@ def check_config(cfg: Config):
         raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
     if cfg.learning_rate <= 0:
         raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
+    if cfg.optimizer not in ("muon", "adamw"):
+        raise UsageError(f"--optimizer={cfg.optimizer}: use muon or adamw")
     check_sample_flags(cfg)
 
 
@@ -489,15 +493,26 @@ def budget_progress(it, elapsed, cfg):
     return max(by_iters, by_time)
 
 
-def make_optimizer(model, cfg):
-    """AdamW; weight decay pulls matrices toward 0, but never the biases."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizers(model, cfg):
+    """[AdamW] for everything; with --optimizer=muon, [Muon for the recurrent layers' weight matrices,
+    AdamW for the rest]. Muon steps along the momentum with every singular value set to 1 (char_gpt.py,
+    section 4b, explains it). Weight decay pulls matrices and the embedding toward 0, never the biases."""
+    matrices = [p for name, p in model.named_parameters() if name.startswith("rnn.") and p.dim() == 2]
+    if cfg.optimizer == "adamw":
+        matrices = []
+    in_muon = {id(p) for p in matrices}
+    rest = [p for p in model.parameters() if id(p) not in in_muon]
+    groups = [{"params": [p for p in rest if p.dim() == 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     try:  # fused: one kernel updates every parameter, instead of a few ops per tensor
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=True)
+        adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=True)
     except RuntimeError:  # a device without the fused kernel
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99))
+        adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99))
+    if not matrices:
+        return [adamw]
+    muon = torch.optim.Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
+    return [muon, adamw]
 
 
 @torch.no_grad()
@@ -618,17 +633,18 @@ class Clock:
             self.paused_for += time.perf_counter() - t
 
 
-def train_step(model, optimizer, x, y, hidden, lr, grad_clip):
-    """One step of gradient descent on one chunk: forward from the carried state, backward, clip, AdamW.
+def train_step(model, optimizers, x, y, hidden, lr, grad_clip):
+    """One step of gradient descent on one chunk: forward from the carried state, backward, clip, update.
     Returns the loss and the hidden state after the chunk."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     _, loss, hidden = model(x, y, hidden)
     loss.backward()
     if grad_clip > 0:  # rescale the whole gradient if its norm exceeds grad_clip: no single huge step
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     return loss, hidden
 
 
@@ -642,8 +658,11 @@ def train(cfg: Config, quiet=False):
     device_type = device.split(":")[0]
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
-    if ckpt:  # the model's shape comes from the checkpoint; the budget, logging and impl from the flags
-        for name in ("model", "batch_size", "block_size", "n_layer", "n_embd", "dropout"):
+    if ckpt and "optimizers" not in ckpt:  # written before Muon joined AdamW: one optimizer state
+        raise UsageError(f"{ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
+                         "train again without --resume (--sample_only still works)")
+    if ckpt:  # the model's shape and optimizer come from the checkpoint; budget, logging and impl from the flags
+        for name in ("model", "batch_size", "block_size", "n_layer", "n_embd", "dropout", "optimizer"):
             setattr(cfg, name, ckpt["config"][name])
     cfg = fill_defaults(cfg, device_type)
     prepare_out_dir(cfg.out_dir)
@@ -661,17 +680,18 @@ def train(cfg: Config, quiet=False):
     val_streams = make_streams(val_data, cfg.batch_size)
     n_chunks = chunks_per_pass(train_streams, cfg.block_size)
 
-    # model and optimizer
+    # model and optimizers
     torch.manual_seed(cfg.seed)
     model = CharRNN(cfg, len(itos)).to(device)
-    optimizer = make_optimizer(model, cfg)
+    optimizers = make_optimizers(model, cfg)
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range with a 10-bit mantissa
         torch.backends.cudnn.allow_tf32 = True
     it, best_val, history, chunk, hidden = 0, float("inf"), [], 0, None
     if ckpt:
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
+            opt.load_state_dict(state)
         it, best_val, history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
         chunk, hidden = ckpt["chunk"], hidden_to(ckpt["hidden"], device)
         torch.set_rng_state(ckpt["rng"])
@@ -685,8 +705,8 @@ def train(cfg: Config, quiet=False):
     def checkpoint():  # everything needed to continue exactly where we are
         save_checkpoint(ckpt_path, {
             "kind": KIND, "config": asdict(cfg), "itos": itos, "iter": it, "best_val_loss": best_val,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-            "chunk": chunk, "hidden": hidden_to(hidden, "cpu"), "history": history,
+            "model": model.state_dict(), "optimizers": [opt.state_dict() for opt in optimizers],
+            "rng": torch.get_rng_state(), "chunk": chunk, "hidden": hidden_to(hidden, "cpu"), "history": history,
             "train_seconds": clock.local()})
 
     # -- the loop: evaluate every eval_interval iterations and when the budget is spent, else step
@@ -713,7 +733,7 @@ def train(cfg: Config, quiet=False):
                 break
             lr = get_lr(it, progress, cfg)
             x, y = get_chunk(train_streams, chunk, cfg.block_size)
-            loss, new_hidden = train_step(model, optimizer, x.to(device), y.to(device), hidden, lr, cfg.grad_clip)
+            loss, new_hidden = train_step(model, optimizers, x.to(device), y.to(device), hidden, lr, cfg.grad_clip)
             # the step is done: move on one chunk; a new pass over the text starts from a zero state
             it, chunk, hidden = it + 1, chunk + 1, detach_hidden(new_hidden)
             if chunk == n_chunks:

@@ -1,14 +1,16 @@
 """Measure char_gpt.py against its targets. Run by hand on a quiet machine (check `top` first); not a test.
 
   python benchmarks/bench_char_gpt.py speed [--nanogpt DIR]   # tokens/s at nanoGPT's CPU recipe shape
-  python benchmarks/bench_char_gpt.py quality [--seconds 180] # val loss after a time budget, CPU defaults
-                                                              # (more char_gpt.py flags may follow)
+  python benchmarks/bench_char_gpt.py quality [--seconds 180] [--nanogpt DIR --nanogpt_iters 4800]
+                                  # val loss after a time budget, CPU defaults (more char_gpt.py flags may
+                                  # follow); with --nanogpt, first the recipe for nanogpt_iters iterations
   python benchmarks/bench_char_gpt.py sampling                # KV cache vs recomputing the window
   python benchmarks/bench_char_gpt.py default                 # `python char_gpt.py` as a user runs it
 
 --data defaults to tiny shakespeare at ../shared/data/tinyshakespeare.txt (the peers' benchmark text),
 else input.txt. --nanogpt DIR runs a nanoGPT checkout's train.py in alternation with ours; its data must
-already be in DIR/data/shakespeare_char (train.bin, val.bin, meta.pkl).
+already be in DIR/data/shakespeare_char (train.bin, val.bin, meta.pkl). Both programs' val losses are
+re-evaluated the same way: 200 random batches of 12 windows of their own context length (seed 1337).
 """
 
 import argparse
@@ -44,30 +46,34 @@ def run_ours(data, out_dir, extra):
 
 
 def speed(args):
-    """Median ms/iter of training steps at the recipe shape, ours and (optionally) nanoGPT's, alternating."""
+    """Median ms/iter of training steps at the recipe shape, alternating: ours with AdamW (nanoGPT's optimizer,
+    so the same work per step), ours with its default Muon, and (optionally) nanoGPT."""
     iters = 150
-    ours, theirs = [], []
+    times = {"char_gpt.py --optimizer=adamw": [], "char_gpt.py (default: Muon)": [], "nanoGPT": []}
     for r in range(args.rounds):
-        out = run_ours(args.data, REPO / "out/bench/speed",
-                       flags(RECIPE) + [f"--max_iters={iters}", "--eval_interval=100000", "--eval_iters=1",
-                                        "--log_interval=10", "--learning_rate=1e-3", "--min_lr=1e-4"])
-        per_interval = [float(m) for m in re.findall(r"\| ([\d.]+) ms/iter", out)][1:]  # skip the warm-up
-        ours.append(statistics.median(per_interval))
-        print(f"round {r + 1}: char_gpt {ours[-1]:.1f} ms/iter", flush=True)
+        for name, optimizer in [("char_gpt.py --optimizer=adamw", "adamw"), ("char_gpt.py (default: Muon)", "muon")]:
+            out = run_ours(args.data, REPO / "out/bench/speed",
+                           flags(RECIPE) + [f"--max_iters={iters}", "--eval_interval=100000", "--eval_iters=1",
+                                            "--log_interval=10", "--learning_rate=1e-3", "--min_lr=1e-4",
+                                            f"--optimizer={optimizer}"])
+            per_interval = [float(m) for m in re.findall(r"\| ([\d.]+) ms/iter", out)][1:]  # skip the warm-up
+            times[name].append(statistics.median(per_interval))
+            print(f"round {r + 1}: {name} {times[name][-1]:.1f} ms/iter", flush=True)
         if args.nanogpt:
             cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
                    "--eval_iters=1", "--log_interval=1", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
                    "--eval_interval=100000", "--out_dir=/tmp/nanogpt-bench"] + flags(RECIPE)
             proc = subprocess.run(cmd, cwd=args.nanogpt, capture_output=True, text=True)
-            times = [float(m) for m in re.findall(r"time ([\d.]+)ms", proc.stdout)][10:]
-            theirs.append(statistics.median(times))
-            print(f"round {r + 1}: nanoGPT  {theirs[-1]:.1f} ms/iter", flush=True)
+            per_iter = [float(m) for m in re.findall(r"time ([\d.]+)ms", proc.stdout)][10:]  # skip the warm-up
+            times["nanoGPT"].append(statistics.median(per_iter))
+            print(f"round {r + 1}: nanoGPT {times['nanoGPT'][-1]:.1f} ms/iter", flush=True)
     tokens = RECIPE["batch_size"] * RECIPE["block_size"]
-    print(f"\n| program | ms/iter (median of {args.rounds} rounds) | tokens/s |\n|---|---|---|")
-    print(f"| char_gpt.py | {statistics.median(ours):.1f} | {tokens / statistics.median(ours) * 1000:,.0f} |")
-    if theirs:
-        print(f"| nanoGPT | {statistics.median(theirs):.1f} | {tokens / statistics.median(theirs) * 1000:,.0f} |")
-        print(f"speed-up: {statistics.median(theirs) / statistics.median(ours):.2f}x")
+    base = statistics.median(times["nanoGPT"]) if times["nanoGPT"] else None
+    print(f"\n| program | ms/iter (median of {args.rounds} rounds) | tokens/s | vs nanoGPT |\n|---|---|---|---|")
+    for name, ts in times.items():
+        if ts:
+            ms = statistics.median(ts)
+            print(f"| {name} | {ms:.1f} | {tokens / ms * 1000:,.0f} | {f'{base / ms:.2f}x' if base else '-'} |")
 
 
 @torch.no_grad()
@@ -81,7 +87,40 @@ def reevaluate(out_dir, data, batches=200, batch_size=12, seed=1337):
     return sum(losses) / len(losses)
 
 
+# Run inside a nanoGPT checkout: mean val loss of its OUT_DIR/ckpt.pt over random batches, drawn as
+# reevaluate() draws ours (200 batches of 12, seed 1337; its own context length).
+NANOGPT_EVAL = """
+import sys, numpy as np, torch
+from model import GPT, GPTConfig
+ck = torch.load(sys.argv[1] + '/ckpt.pt', map_location='cpu')
+model = GPT(GPTConfig(**ck['model_args'])).eval()
+model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in ck['model'].items()})
+T = ck['model_args']['block_size']
+data = torch.from_numpy(np.fromfile('data/shakespeare_char/val.bin', dtype=np.uint16).astype(np.int64))
+g = torch.Generator().manual_seed(1337)
+losses = []
+with torch.no_grad():
+    for _ in range(200):
+        ix = torch.randint(len(data) - T, (12,), generator=g)
+        x = torch.stack([data[i:i + T] for i in ix]); y = torch.stack([data[i + 1:i + 1 + T] for i in ix])
+        losses.append(model(x, y)[1].item())
+print(f'{sum(losses) / len(losses):.4f}')
+"""
+
+
 def quality(args):
+    if args.nanogpt:  # the recipe, its cosine decay fitted to --nanogpt_iters (choose them to fill the budget)
+        n = args.nanogpt_iters
+        cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+               "--eval_iters=20", "--log_interval=100", f"--max_iters={n}", f"--lr_decay_iters={n}",
+               f"--eval_interval={n}", "--out_dir=/tmp/nanogpt-quality"] + flags(RECIPE)
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=args.nanogpt, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t
+        proc = subprocess.run([sys.executable, "-c", NANOGPT_EVAL, "/tmp/nanogpt-quality"], cwd=args.nanogpt,
+                              capture_output=True, text=True, check=True)
+        print(f"nanoGPT recipe, {n} iters: wall {wall:.0f}s (evaluation and start-up included); "
+              f"val loss re-evaluated on 200 batches of 12 (seed 1337): {proc.stdout.strip()}")
     out_dir = REPO / "out/bench/quality"
     t = time.perf_counter()
     out = run_ours(args.data, out_dir, [f"--max_seconds={args.seconds}", *args.extra])
@@ -125,5 +164,6 @@ if __name__ == "__main__":
     p.add_argument("--nanogpt", help="a nanoGPT checkout to time beside ours (speed)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=180)
+    p.add_argument("--nanogpt_iters", type=int, default=4800, help="quality: nanoGPT's iterations (fill --seconds)")
     args, args.extra = p.parse_known_args()  # any other flags go to char_gpt.py (quality), e.g. --n_layer=6
     {"speed": speed, "quality": quality, "sampling": sampling, "default": default}[args.what](args)

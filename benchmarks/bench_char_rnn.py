@@ -35,7 +35,7 @@ def time_steps(kind, impl, device, steps, runs, **sizes):
     torch.manual_seed(0)
     vocab = 67
     model = char_rnn.CharRNN(cfg, vocab).to(device)
-    optimizer = char_rnn.make_optimizer(model, cfg)
+    optimizers = char_rnn.make_optimizers(model, cfg)
     x = torch.randint(vocab, (cfg.batch_size, cfg.block_size + 1), device=device)
     rates = []
     for run in range(runs + 1):
@@ -44,11 +44,8 @@ def time_steps(kind, impl, device, steps, runs, **sizes):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(steps):
-            _, loss, hidden = model(x[:, :-1], x[:, 1:], hidden)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            _, hidden = char_rnn.train_step(model, optimizers, x[:, :-1], x[:, 1:], hidden, cfg.learning_rate,
+                                            cfg.grad_clip)
             hidden = char_rnn.detach_hidden(hidden)
         if device == "cuda":
             torch.cuda.synchronize()

@@ -74,7 +74,7 @@ def test_help_documents_every_flag_with_its_default(script):
                  "--eval_iters", "--batch_size", "--block_size", "--n_layer", "--n_embd", "--dropout",
                  "--learning_rate", "--weight_decay", "--grad_clip", "--resume", "--sample_only", "--prompt",
                  "--max_new_tokens", "--num_samples", "--temperature", "--top_k", "--min_lr", "--warmup_iters",
-                 "--log_interval"):
+                 "--log_interval", "--optimizer"):
         assert flag in proc.stdout, flag
     assert proc.stdout.count("(default:") >= 20
 
@@ -90,15 +90,17 @@ def test_flags_take_both_spellings(script, tmp_path, text_file):
 # ---------------------------------------------------------------- resume and Ctrl-C
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_resume_continues_exactly(script, tmp_path, text_file):
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_resume_continues_exactly(script, optimizer, tmp_path, text_file):
     """100 iterations, then --resume for 100 more, logs the same losses as 200 straight (fixed seed, CPU).
-    A constant learning rate after no warm-up, so the two runs share one schedule."""
+    A constant learning rate after no warm-up, so the two runs share one schedule. The resumed run does
+    not repeat --optimizer: it comes from the checkpoint."""
     flags = ["--learning_rate", 3e-3, "--min_lr", 3e-3, "--warmup_iters", 0, "--eval_interval", 50,
              "--dropout", 0.1, "--max_new_tokens", 1, "--device", "cpu"]
     straight = tmp_path / "straight"
     parts = tmp_path / "parts"
-    assert train(script, straight, text_file, "--max_iters", 200, *flags).returncode == 0
-    assert train(script, parts, text_file, "--max_iters", 100, *flags).returncode == 0
+    assert train(script, straight, text_file, "--max_iters", 200, "--optimizer", optimizer, *flags).returncode == 0
+    assert train(script, parts, text_file, "--max_iters", 100, "--optimizer", optimizer, *flags).returncode == 0
     proc = train(script, parts, text_file, "--max_iters", 200, "--resume", *flags)
     assert proc.returncode == 0, proc.stderr
 
@@ -159,6 +161,23 @@ def test_input_too_short(script, tmp_path):
 def test_nonsense_sizes(script, flag, tmp_path, text_file):
     name = flag.split("=")[0]
     assert_one_line_error(run(script, "--input", text_file, "--out_dir", tmp_path, flag), name)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unknown_optimizer(script, tmp_path, text_file):
+    proc = run(script, "--input", text_file, "--out_dir", tmp_path, "--optimizer=sgd")
+    assert_one_line_error(proc, "--optimizer=sgd", "muon or adamw")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resuming_a_checkpoint_from_before_muon(script, tmp_path, text_file):
+    assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
+    path = tmp_path / "out" / "ckpt.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["optimizer"] = ckpt.pop("optimizers")[-1]  # the old layout: one AdamW state
+    torch.save(ckpt, path)
+    proc = train(script, tmp_path, text_file, "--max_iters", 4, "--resume")
+    assert_one_line_error(proc, f"older {script}", "without --resume")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
