@@ -116,7 +116,8 @@ HELP = {
     "n_head": "attention heads per block",
     "n_embd": "width of the residual stream",
     "dropout": "dropout probability",
-    "optimizer": "muon (Muon for the blocks' weight matrices, AdamW for the rest) or adamw (AdamW for all)",
+    "optimizer": "muon (Muon for the blocks' weight matrices, AdamW for the rest) or adamw (AdamW for all; "
+                 "on a CPU give it --learning_rate=3e-3, its best in our runs)",
     "learning_rate": "peak learning rate",
     "min_lr": "learning rate at the end of the cosine decay",
     "warmup_iters": "iterations of linear warm-up from 0 to --learning_rate",
@@ -124,7 +125,7 @@ HELP = {
     "grad_clip": "clip the gradient norm to this (0: off)",
     "dtype": "auto (bfloat16 where the GPU or CPU has fast bf16, else float32), float32, bfloat16 or float16",
     "compile": "compile the model with torch.compile (worth it on a GPU)",
-    "resume": "continue training from out_dir/ckpt.pt",
+    "resume": "continue training from out_dir/ckpt.pt (its model shape and optimizer win over the flags)",
     "sample_only": "do not train: load out_dir/ckpt.pt and print samples",
     "prompt": "text the samples continue",
     "max_new_tokens": "characters to generate per sample",
@@ -211,6 +212,8 @@ def check_config(cfg: Config):
         raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
     if cfg.learning_rate <= 0:
         raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
+    if cfg.min_lr < 0:
+        raise UsageError(f"--min_lr={cfg.min_lr} must be at least 0")
     if cfg.optimizer not in ("muon", "adamw"):
         raise UsageError(f"--optimizer={cfg.optimizer}: use muon or adamw")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -460,8 +463,8 @@ def count_params(model):
 # -----------------------------------------------------------------------------
 # 4a. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
 # the budget (counted in iterations or in seconds, whichever ends first, so a 5-minute run decays
-# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (Adam's first
-# steps rest on poor estimates of the gradient's moments, so they should be small):
+# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (the first steps
+# rest on poor running averages of the gradient, so they should be small):
 #   lr = [min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2] * min(1, (it + 1) / warmup_iters)
 
 def get_lr(it, progress, cfg):
@@ -481,15 +484,19 @@ def budget_progress(it, elapsed, cfg):
 # so each number moves by about lr, whatever its gradient's scale. beta2 = 0.99 (not 0.999): with
 # small batches, a shorter memory of g^2 adapts faster.
 # The blocks' weight matrices learn faster with Muon, which treats a matrix W as a matrix, not a bag
-# of numbers. It keeps a momentum M = mu M + (1 - mu) G (G the gradient of W, mu = 0.95), looks one
-# step ahead, D = (1 - mu) G + mu M (Nesterov), and sets every singular value of D to 1: if
-# D = U S V^T (its SVD), the step is U V^T. The few directions that dominate a gradient no longer drown the
-# rest; every direction W can move in moves by the same amount. A few matrix products (a Newton-Schulz
-# iteration) give U V^T approximately, with no SVD. The step is scaled by 0.2 sqrt(max(rows, cols)) so
-# that its size matches an AdamW step: one learning rate serves both. Embedding tables are lookups,
-# not maps of vectors, and the LayerNorm gains are vectors: those stay with AdamW. (--optimizer=adamw,
-# nanoGPT's choice, gives AdamW the matrices too.) Weight decay, p -= lr * weight_decay * p, pulls the
-# matrices and the embedding tables toward 0; the gains are left alone.
+# of numbers. It keeps a running average of W's gradient G, like AdamW's m,
+#   M = mu M + (1 - mu) G   (mu = 0.95),   looks one step ahead,   D = (1 - mu) G + mu M   (Nesterov),
+# and sets every singular value of D to 1: if D = U S V^T (its singular value decomposition: rotations
+# U and V, stretches S), the step is U V^T. The few directions that dominate a gradient no longer
+# drown the rest; every direction W can move in moves by the same amount. Five rounds of a few matrix
+# products (a Newton-Schulz iteration, in bfloat16) give U V^T approximately, with no SVD: the singular
+# values land between about 0.5 and 1.5, which works as well. U V^T of an m x n matrix has entries of
+# size about 1 / sqrt(max(m, n)); the step is scaled by 0.2 sqrt(max(m, n)), so its entries are about
+# 0.2 lr, the typical size of an AdamW step: one learning rate serves both.
+# Who gets what: Muon takes the matrices between hidden layers (c_attn's q, k and v together, as one
+# matrix); the embedding tables (wte, which is also lm_head, and wpe) and the LayerNorm gains stay with
+# AdamW. --optimizer=adamw, nanoGPT's choice, gives AdamW the matrices too. Weight decay,
+# p -= lr * weight_decay * p, pulls the matrices and the embedding tables toward 0, not the gains.
 
 def make_optimizers(model, cfg):
     """--optimizer=muon: [Muon for the blocks' weight matrices, AdamW for the embeddings and the
@@ -507,8 +514,8 @@ def make_optimizers(model, cfg):
         adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99))
     if not matrices:
         return [adamw]
-    muon = torch.optim.Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                            adjust_lr_fn="match_rms_adamw")
+    muon = torch.optim.Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, momentum=0.95,
+                            nesterov=True, adjust_lr_fn="match_rms_adamw")
     return [muon, adamw]
 
 
@@ -736,7 +743,7 @@ def train(cfg: Config, quiet=False):
     ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
     if ckpt and "optimizers" not in ckpt:  # written before Muon joined AdamW: one optimizer state
         raise UsageError(f"{ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
-                         "train again without --resume (--sample_only still works)")
+                         "train again with another --out_dir (--sample_only still works on this one)")
     if ckpt:
         for name in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "optimizer"):
             setattr(cfg, name, ckpt["config"][name])

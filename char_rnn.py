@@ -13,8 +13,9 @@ What you will learn, in this order:
      torch's fused nn.RNN / nn.LSTM / nn.GRU (--impl=fused, one oneDNN or cuDNN kernel); they share
      the same parameters, so one checkpoint loads into either, and a test checks they agree;
   5. training: truncated backpropagation through time (the hidden state is carried from chunk to chunk
-     but gradients stop at the chunk's edge), gradient clipping, AdamW with a learning rate that warms
-     up and then decays over a time budget, evaluation, checkpoints that survive a crash or Ctrl-C;
+     but gradients stop at the chunk's edge), gradient clipping, AdamW (or Muon) with a learning rate
+     that warms up and then decays over a time budget, evaluation, checkpoints that survive a crash or
+     Ctrl-C;
   6. sampling: prime the hidden state on a prompt, then feed back one sampled character at a time.
 
 Run it:
@@ -121,13 +122,14 @@ HELP = {
     "n_layer": "stacked recurrent layers",
     "n_embd": "size of the character embedding and of every hidden state",
     "dropout": "dropout probability between layers and before the read-out",
-    "optimizer": "adamw (AdamW for all) or muon (Muon for the recurrent weight matrices, AdamW for the rest)",
+    "optimizer": "adamw (AdamW for all) or muon (Muon for the recurrent weight matrices, AdamW for the rest; "
+                 "not tuned here)",
     "learning_rate": "peak learning rate",
     "min_lr": "learning rate at the end of the cosine decay",
     "warmup_iters": "iterations of linear warm-up from 0 to --learning_rate",
     "weight_decay": "weight decay, applied to weight matrices and embedding tables only",
     "grad_clip": "clip the gradient norm to this (0: off)",
-    "resume": "continue training from out_dir/ckpt.pt",
+    "resume": "continue training from out_dir/ckpt.pt (its model shape and optimizer win over the flags)",
     "sample_only": "do not train: load out_dir/ckpt.pt and print samples",
     "prompt": "text the samples continue (it primes the hidden state)",
     "max_new_tokens": "characters to generate per sample",
@@ -215,6 +217,8 @@ def check_config(cfg: Config):
         raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
     if cfg.learning_rate <= 0:
         raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
+    if cfg.min_lr < 0:
+        raise UsageError(f"--min_lr={cfg.min_lr} must be at least 0")
     if cfg.optimizer not in ("muon", "adamw"):
         raise UsageError(f"--optimizer={cfg.optimizer}: use muon or adamw")
     check_sample_flags(cfg)
@@ -510,8 +514,8 @@ def make_optimizers(model, cfg):
         adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99))
     if not matrices:
         return [adamw]
-    muon = torch.optim.Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                            adjust_lr_fn="match_rms_adamw")
+    muon = torch.optim.Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, momentum=0.95,
+                            nesterov=True, adjust_lr_fn="match_rms_adamw")
     return [muon, adamw]
 
 
@@ -602,7 +606,7 @@ def fmt_seconds(s):
 
 # 5c. The loop. Each iteration reads the next chunk of every stream, starting from the hidden state
 # the previous chunk ended with (detached: truncated backpropagation through time, so the graph and
-# the memory stay one chunk long), takes one AdamW step, and keeps the new hidden state for the next.
+# the memory stay one chunk long), takes one optimizer step, and keeps the new hidden state for the next.
 # The budget counts training time only: the Clock leaves evaluation out.
 
 class Clock:
@@ -660,7 +664,7 @@ def train(cfg: Config, quiet=False):
     ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
     if ckpt and "optimizers" not in ckpt:  # written before Muon joined AdamW: one optimizer state
         raise UsageError(f"{ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
-                         "train again without --resume (--sample_only still works)")
+                         "train again with another --out_dir (--sample_only still works on this one)")
     if ckpt:  # the model's shape and optimizer come from the checkpoint; budget, logging and impl from the flags
         for name in ("model", "batch_size", "block_size", "n_layer", "n_embd", "dropout", "optimizer"):
             setattr(cfg, name, ckpt["config"][name])

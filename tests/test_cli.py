@@ -157,7 +157,7 @@ def test_input_too_short(script, tmp_path):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("flag", ["--batch_size=0", "--n_layer=-1", "--block_size=0", "--dropout=1.5",
-                                  "--max_iters=0", "--learning_rate=0"])
+                                  "--max_iters=0", "--learning_rate=0", "--min_lr=-1"])
 def test_nonsense_sizes(script, flag, tmp_path, text_file):
     name = flag.split("=")[0]
     assert_one_line_error(run(script, "--input", text_file, "--out_dir", tmp_path, flag), name)
@@ -174,10 +174,13 @@ def test_resuming_a_checkpoint_from_before_muon(script, tmp_path, text_file):
     assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
     path = tmp_path / "out" / "ckpt.pt"
     ckpt = torch.load(path, weights_only=True)
-    ckpt["optimizer"] = ckpt.pop("optimizers")[-1]  # the old layout: one AdamW state
+    ckpt["optimizer"] = ckpt.pop("optimizers")[-1]  # the old layout: one AdamW state, no config["optimizer"]
+    del ckpt["config"]["optimizer"]
     torch.save(ckpt, path)
     proc = train(script, tmp_path, text_file, "--max_iters", 4, "--resume")
-    assert_one_line_error(proc, f"older {script}", "without --resume")
+    assert_one_line_error(proc, f"older {script}", "another --out_dir")
+    proc = run(script, "--sample_only", "--out_dir", tmp_path / "out", "--max_new_tokens", 5)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -464,7 +464,9 @@ def test_benchmark_reference_design_computes_the_same_training():
     signs = [1.0 if label == 1 else -1.0 for label in y]
     ours = bench.train(MLP(2, [4, 4, 1], seed=2), inputs, signs, steps=3)
     classic = bench.train(bench.ClassicMLP(MLP(2, [4, 4, 1], seed=2)), inputs, signs, steps=3)
-    assert ours == classic
+    # equal up to rounding: the classic design keeps its children in a set, so the order in which gradients
+    # are summed (and with it the last bit) depends on object addresses
+    assert ours == pytest.approx(classic, rel=1e-12, abs=0)
 
 
 # -----------------------------------------------------------------------------
