@@ -6,8 +6,8 @@ What you will learn, in this order:
   3. the model: self-attention written out as softmax(QK^T / sqrt(d_k) + mask) V, then the fast
      kernel that computes the same thing; multi-head attention, the feed-forward net, a Transformer
      block, and the GPT that stacks them;
-  4. training: Muon and AdamW, a learning rate that warms up and then decays over a time budget, evaluation,
-     checkpoints that survive a crash or Ctrl-C;
+  4. training: Muon and AdamW, a learning rate that warms up and then decays over a time budget,
+     evaluation, checkpoints that survive a crash or Ctrl-C;
   5. sampling: temperature, top-k, and a key/value cache so each new character costs one step.
 
 Run it:
@@ -501,9 +501,8 @@ def budget_progress(it, elapsed, cfg):
 def make_optimizers(model, cfg):
     """--optimizer=muon: [Muon for the blocks' weight matrices, AdamW for the embeddings and the
     LayerNorm gains]; --optimizer=adamw: [AdamW for everything]."""
-    matrices = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
-    if cfg.optimizer == "adamw":
-        matrices = []
+    matrices = [p for name, p in model.named_parameters()
+                if cfg.optimizer == "muon" and name.startswith("blocks.") and p.dim() == 2]
     in_muon = {id(p) for p in matrices}
     rest = [p for p in model.parameters() if id(p) not in in_muon]
     groups = [{"params": [p for p in rest if p.dim() == 2], "weight_decay": cfg.weight_decay},
@@ -737,8 +736,7 @@ def train(cfg: Config, quiet=False):
             say = lambda *a, **k: None  # noqa: E731  (one process talks)
     device_type = device.split(":")[0]
 
-    # -- what: a fresh start, or the checkpoint's model shape and optimizer with this run's budget and
-    # logging flags
+    # -- what: a fresh start, or the checkpoint's model and optimizer with this run's budget and logging
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
     if ckpt and "optimizers" not in ckpt:  # written before Muon joined AdamW: one optimizer state

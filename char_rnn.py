@@ -501,9 +501,8 @@ def make_optimizers(model, cfg):
     """[AdamW] for everything; with --optimizer=muon, [Muon for the recurrent layers' weight matrices,
     AdamW for the rest]. Muon steps along the momentum with every singular value set to 1 (char_gpt.py,
     section 4b, explains it). Weight decay pulls matrices and the embedding toward 0, never the biases."""
-    matrices = [p for name, p in model.named_parameters() if name.startswith("rnn.") and p.dim() == 2]
-    if cfg.optimizer == "adamw":
-        matrices = []
+    matrices = [p for name, p in model.named_parameters()
+                if cfg.optimizer == "muon" and name.startswith("rnn.") and p.dim() == 2]
     in_muon = {id(p) for p in matrices}
     rest = [p for p in model.parameters() if id(p) not in in_muon]
     groups = [{"params": [p for p in rest if p.dim() == 2], "weight_decay": cfg.weight_decay},
