@@ -88,7 +88,7 @@ class Config:
 
 
 # The defaults of the fields left at None, per device. cpu: nanoGPT's CPU recipe model (4 layers,
-# 4 heads, 128 wide, batch 12) with twice its context, Muon (section 4b) and a 10x higher learning
+# 4 heads, 128 wide, batch 12) with twice its context, Muon (section 4c) and a 10x higher learning
 # rate that decays to 0: of the settings we tried, the best val loss after 3 minutes on 2 cores
 # (README, "Results"). gpu (cuda or mps): the classic "baby GPT", its learning rate raised 3x for
 # Muon as on the CPU.
@@ -123,7 +123,8 @@ HELP = {
     "warmup_iters": "iterations of linear warm-up from 0 to --learning_rate",
     "weight_decay": "weight decay, applied to weight matrices and embedding tables only",
     "grad_clip": "clip the gradient norm to this (0: off)",
-    "dtype": "auto (bfloat16 where the GPU or CPU has fast bf16, else float32), float32, bfloat16 or float16",
+    "dtype": "auto (section 4b: bfloat16 on GPUs from Ampere on and on CPUs with AVX512-BF16 or AMX, float16 "
+             "on older GPUs with tensor cores, else float32), float32, bfloat16 or float16",
     "compile": "compile the model with torch.compile (worth it on a GPU)",
     "resume": "continue training from out_dir/ckpt.pt (its model shape and optimizer win over the flags)",
     "sample_only": "do not train: load out_dir/ckpt.pt and print samples",
@@ -359,9 +360,10 @@ class CausalSelfAttention(nn.Module):
 
 # 3c. The feed-forward net, applied to each position on its own. The Transformer's is
 # W2 act(W1 x + b1) + b2: one nonlinearity between two linear maps (not a second one after W2).
-# It widens to 4 x n_embd, bends with GELU (a smooth ReLU: x * Phi(x), Phi the normal CDF; we use
-# its tanh approximation, as GPT-2 did, which is also faster on a CPU), and narrows back. We leave
-# out the biases b1, b2 (as in every linear map here): they add little and cost time.
+# It widens to 4 x n_embd, bends with GELU (a smooth ReLU: x * Phi(x), Phi the normal CDF), and
+# narrows back. (GPT-2 used a tanh approximation of Phi; on a CPU with only AVX2 that is 2.6x slower
+# than the exact erf form, so we use the exact one.) We leave out the biases b1, b2 (as in every
+# linear map here): they add little and cost time.
 
 class MLP(nn.Module):
     def __init__(self, cfg):
@@ -371,7 +373,7 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x))))
 
 
 # 3d. A Transformer block, pre-LayerNorm: normalise, transform, add back to the residual stream.
@@ -478,27 +480,128 @@ def budget_progress(it, elapsed, cfg):
     return max(by_iters, by_time)
 
 
-# 4b. The optimizers. AdamW, for every parameter p with gradient g, keeps running averages
+# 4b. Precision: which number format the matmuls of a training step run in. Decided once, here, for
+# the forward and backward passes and for the optimizer's own matmuls (Muon's, below) alike.
+#   float32   23 stored mantissa bits: exact enough for everything, the baseline speed.
+#   bfloat16  float32's range with 7 stored mantissa bits: 2-4x faster where the hardware has it
+#             (GPUs from Ampere on; CPUs with AVX512-BF16 or AMX), and ~50x SLOWER where it does not
+#             (a CPU with only AVX2 emulates it: measured 1.1 ms vs 52 ms for a 512x128 @ 128x512 product).
+#   float16   10 stored mantissa bits but a narrow range (max 65504): fast on the tensor cores of
+#             GPUs before Ampere, which only emulate bfloat16; needs loss scaling (section 4d).
+# autocast runs the matmuls in the chosen format and keeps sums, LayerNorm and the loss in float32.
+# The one exception: on a CPU, torch's attention kernel is slow in bfloat16, so attention stays in
+# float32 there (CausalSelfAttention.fused_attention).
+
+def choose_dtype(device_type, cpu_fast_bf16=False, cuda_capability=None):
+    """The precision policy, a pure function of the hardware: (dtype, why). cuda_capability is the
+    GPU's (major, minor) compute capability: 8.0 is Ampere (A100), 7.x Volta/Turing (V100, T4)."""
+    if device_type == "cuda":
+        if cuda_capability >= (8, 0):
+            return "bfloat16", "this GPU (Ampere or later) has fast bfloat16"
+        if cuda_capability >= (7, 0):
+            return "float16", "this GPU is older than Ampere: no fast bfloat16, float16 on its tensor cores"
+        return "float32", "this GPU has no tensor cores"
+    if device_type == "mps":
+        return "float32", "Apple GPUs: float32, the format every one of them runs at full speed"
+    if cpu_fast_bf16:
+        return "bfloat16", "this CPU has fast bfloat16 (AVX512-BF16 or AMX)"
+    return "float32", "this CPU has no fast bfloat16"
+
+
+def cpu_has_fast_bf16():
+    """Whether oneDNN, torch's CPU matmul library, has bfloat16 instructions here (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
+def setup_precision(cfg, device):
+    """Read the hardware, apply the policy (or --dtype), and build what the training step needs:
+    (dtype name, why, autocast context, GradScaler). On a GPU, TF32 for what stays in float32."""
+    device_type = device.split(":")[0]
+    if cfg.dtype == "auto":
+        capability = torch.cuda.get_device_capability(device) if device_type == "cuda" else None
+        fast_cpu = device_type == "cpu" and cpu_has_fast_bf16()
+        dtype, why = choose_dtype(device_type, fast_cpu, capability)
+    else:
+        dtype, why = cfg.dtype, "set by --dtype"
+        if dtype == "bfloat16" and device_type == "cpu" and not cpu_has_fast_bf16():
+            why += " (this CPU has no fast bfloat16: expect it to be many times slower than float32)"
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range, 10 mantissa bits, tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = (nullcontext() if dtype == "float32"
+                else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+    # float16's narrow range: scale the loss up so small gradients do not round to 0
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    return dtype, why, autocast, scaler
+
+
+# 4c. The optimizers. AdamW, for every parameter p with gradient g, keeps running averages
 #   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2        (bias-corrected: m^, v^)
 #   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
-# so each number moves by about lr, whatever its gradient's scale. beta2 = 0.99 (not 0.999): with
+# so each number moves by at most about lr, whatever its gradient's scale (m^ / sqrt(v^) is +-1 when
+# every recent g agreed; noise makes it smaller, about 0.2 on average). beta2 = 0.99 (not 0.999): with
 # small batches, a shorter memory of g^2 adapts faster.
 # The blocks' weight matrices learn faster with Muon, which treats a matrix W as a matrix, not a bag
-# of numbers. It keeps a running average of W's gradient G, like AdamW's m,
-#   M = mu M + (1 - mu) G   (mu = 0.95),   looks one step ahead,   D = (1 - mu) G + mu M   (Nesterov),
+# of numbers. It keeps a running average of W's gradient G, like AdamW's m, and looks one step ahead
+# along it (Nesterov momentum):
+#   M = mu M + (1 - mu) G   (mu = 0.95),      D = (1 - mu) G + mu M
 # and sets every singular value of D to 1: if D = U S V^T (its singular value decomposition: rotations
 # U and V, stretches S), the step is U V^T. The few directions that dominate a gradient no longer
-# drown the rest; every direction W can move in moves by the same amount. Five rounds of a few matrix
-# products (a Newton-Schulz iteration, in bfloat16) give U V^T approximately, with no SVD: the singular
-# values land between about 0.5 and 1.5, which works as well. U V^T of an m x n matrix has entries of
-# size about 1 / sqrt(max(m, n)); the step is scaled by 0.2 sqrt(max(m, n)), so its entries are about
-# 0.2 lr, the typical size of an AdamW step: one learning rate serves both.
+# drown the rest; every direction W can move in moves by the same amount.
+
+def newton_schulz(D, dtype=torch.float32, steps=5):
+    """About U V^T for D = U S V^T, from matrix products alone (no SVD, which is slow on a GPU).
+    Divide D by its norm, so every singular value s is in (0, 1]. Then, since X X^T X = U S^3 V^T, the
+    update X <- a X + b (X X^T) X + c (X X^T)^2 X keeps U and V and maps each s to
+    p(s) = a s + b s^3 + c s^5. The coefficients make p steep at 0 (slope a = 3.4: small s grow 3.4x a
+    round) yet keep s from overshooting: after five rounds every s above 0.002 of the norm lands between
+    0.68 and 1.2 (smaller ones are noise). That is not exactly 1, and it works as well."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = D / D.norm().clamp(min=1e-7)
+    X = X.to(dtype)                                      # the matmuls run in the policy's format (4b)
+    wide = X.size(0) <= X.size(1)
+    if not wide:
+        X = X.T                                          # work with the smaller X X^T
+    for _ in range(steps):
+        A = X @ X.T
+        B = torch.addmm(A, A, A, beta=b, alpha=c)       # b A + c A A: addmm(C, M, N) = beta C + alpha M N
+        X = torch.addmm(X, B, X, beta=a)                 # a X + B X, one rounding instead of two or three
+    return (X if wide else X.T).to(D.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum, the Nesterov look-ahead, U V^T by Newton-Schulz, then a step scaled to AdamW's size:
+    U V^T of an m x n matrix has entries of about 1 / sqrt(max(m, n)), so the step is multiplied by
+    0.2 sqrt(max(m, n)) to give entries of about 0.2 lr, the size of a typical AdamW step: one learning
+    rate serves both. Weight decay as in AdamW: W <- W - lr weight_decay W."""
+
+    def __init__(self, params, lr, weight_decay, momentum=0.95, ns_dtype=torch.float32):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum))
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, mu = group["lr"], group["momentum"]
+            for W in group["params"]:
+                if W.grad is None:
+                    continue
+                M = self.state[W].setdefault("momentum_buffer", torch.zeros_like(W))
+                M.lerp_(W.grad, 1 - mu)                  # M = mu M + (1 - mu) G
+                D = W.grad.lerp(M, mu)                   # D = (1 - mu) G + mu M
+                W.mul_(1 - lr * group["weight_decay"])
+                W.add_(newton_schulz(D, self.ns_dtype), alpha=-lr * 0.2 * math.sqrt(max(W.shape)))
+
+
 # Who gets what: Muon takes the matrices between hidden layers (c_attn's q, k and v together, as one
 # matrix); the embedding tables (wte, which is also lm_head, and wpe) and the LayerNorm gains stay with
 # AdamW. --optimizer=adamw, nanoGPT's choice, gives AdamW the matrices too. Weight decay,
 # p -= lr * weight_decay * p, pulls the matrices and the embedding tables toward 0, not the gains.
 
-def make_optimizers(model, cfg):
+def make_optimizers(model, cfg, ns_dtype=torch.float32):
     """--optimizer=muon: [Muon for the blocks' weight matrices, AdamW for the embeddings and the
     LayerNorm gains]; --optimizer=adamw: [AdamW for everything]."""
     matrices = [p for name, p in model.named_parameters()
@@ -507,43 +610,17 @@ def make_optimizers(model, cfg):
     rest = [p for p in model.parameters() if id(p) not in in_muon]
     groups = [{"params": [p for p in rest if p.dim() == 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-    try:  # fused: one kernel updates every parameter, instead of a few ops per tensor
-        adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=True)
-    except RuntimeError:  # a device without the fused kernel
-        adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99))
+    # fused: one kernel updates every parameter, instead of a few ops per tensor (CPU and CUDA have it)
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=fused)
     if not matrices:
         return [adamw]
-    muon = torch.optim.Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, momentum=0.95,
-                            nesterov=True, adjust_lr_fn="match_rms_adamw")
-    return [muon, adamw]
+    return [Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype), adamw]
 
 
-# 4c. One training step. Where the hardware has fast bfloat16 (recent GPUs, and CPUs with AVX512-BF16
-# or AMX), autocast runs the matmuls in bf16 (float32's range with an 8-bit mantissa: 2-4x faster, half
-# the memory) and keeps sums, LayerNorm and the loss in float32.
-
-def has_fast_bf16(device_type):
-    """GPUs from Ampere on; CPUs with bfloat16 dot-product instructions (AVX512-BF16 or AMX)."""
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device_type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def setup_precision(cfg, device_type):
-    """auto: bfloat16 autocast (matmuls in bf16, sums and the loss in float32) where the hardware has
-    fast bf16, else float32. On a GPU also TF32 for what stays in float32."""
-    dtype = cfg.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if has_fast_bf16(device_type) else "float32"
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range with a 10-bit mantissa
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = (nullcontext() if dtype == "float32"
-                else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
-    # float16 has a narrow range: scale the loss up so small gradients do not round to 0
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-    return dtype, autocast, scaler
-
+# 4d. One training step: forward in the policy's precision (4b), backward, clip, update. With float16
+# the GradScaler multiplies the loss by a large factor before backward (so small gradients do not
+# round to 0) and divides it out again before clipping and the update.
 
 def train_step(model, optimizers, scaler, autocast, x, y, lr, grad_clip):
     """One step of gradient descent on one batch: forward, backward, clip, update."""
@@ -563,7 +640,7 @@ def train_step(model, optimizers, scaler, autocast, x, y, lr, grad_clip):
     return loss
 
 
-# 4d. Evaluation: the loss on batches the model is not trained on (val) tells whether it generalises;
+# 4e. Evaluation: the loss on batches the model is not trained on (val) tells whether it generalises;
 # the gap to the train loss shows overfitting.
 
 @torch.no_grad()
@@ -585,7 +662,7 @@ def estimate_loss(model, splits, cfg, device, autocast):
     return out
 
 
-# 4e. Checkpoints and outputs. torch.save writes a pickle, and loading an arbitrary pickle can run
+# 4f. Checkpoints and outputs. torch.save writes a pickle, and loading an arbitrary pickle can run
 # code, so we store only tensors and plain Python values and load with weights_only=True. A checkpoint
 # is written to a temporary file and then renamed: the rename is atomic, so a crash mid-write keeps
 # the old one.
@@ -647,7 +724,7 @@ def plot_losses(history, path):
     fig.savefig(path, dpi=100)
 
 
-# 4f. Measuring: training seconds, tokens per second, and MFU (model FLOPs utilisation: the share of
+# 4g. Measuring: training seconds, tokens per second, and MFU (model FLOPs utilisation: the share of
 # the hardware's peak FLOP/s that the model's own arithmetic uses).
 
 def fmt_seconds(s):
@@ -707,7 +784,7 @@ class Clock:
             self.paused_for += time.perf_counter() - t
 
 
-# 4g. Several processes (torchrun): each trains on its own random batches; DistributedDataParallel
+# 4h. Several processes (torchrun): each trains on its own random batches; DistributedDataParallel
 # averages the gradients after backward, so every copy of the model takes the same step.
 
 def setup_ddp(device):
@@ -720,7 +797,7 @@ def setup_ddp(device):
     return rank, world, device
 
 
-# 4h. The training loop: evaluate every eval_interval iterations and when the budget is spent,
+# 4i. The training loop: evaluate every eval_interval iterations and when the budget is spent,
 # otherwise take a step; log every log_interval steps; save a checkpoint at each evaluation.
 
 def train(cfg: Config, quiet=False):
@@ -759,8 +836,8 @@ def train(cfg: Config, quiet=False):
 
     torch.manual_seed(cfg.seed + rank)
     model = GPT(cfg, len(itos)).to(device)
-    optimizers = make_optimizers(model, cfg)
-    dtype, autocast, scaler = setup_precision(cfg, device_type)
+    dtype, why, autocast, scaler = setup_precision(cfg, device)
+    optimizers = make_optimizers(model, cfg, ns_dtype=getattr(torch, dtype))
     data_gen = torch.Generator().manual_seed(cfg.seed + rank)  # batches: each process its own stream
     it, best_val, history = 0, float("inf"), []
     if ckpt:
@@ -783,7 +860,7 @@ def train(cfg: Config, quiet=False):
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
     say(f"{KIND}: {n_params:,} parameters, vocabulary {len(itos)}, {len(train_data):,} training characters, "
-        f"device {device}, {dtype}" + (f", {world} processes" if ddp else ""))
+        f"device {device}" + (f", {world} processes" if ddp else "") + f"; {dtype}: {why}")
 
     clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0, ddp=ddp, device=device)  # training seconds
 
@@ -952,7 +1029,19 @@ def print_samples(model, itos, cfg, device):
 # 6. Main
 # -----------------------------------------------------------------------------
 
+MIN_TORCH = (2, 4)  # the oldest torch this file was tested with (requirements.txt says the same)
+
+
+def check_torch_version(version):
+    major, minor = (int(part) for part in version.split(".")[:2])
+    if (major, minor) < MIN_TORCH:
+        need = ".".join(map(str, MIN_TORCH))
+        raise UsageError(f"{KIND}.py needs torch >= {need}, this is torch {version}: "
+                         f"pip install 'torch>={need}'")
+
+
 def main(argv=None):
+    check_torch_version(torch.__version__)
     cfg = parse_args(argv)
     if cfg.sample_only:
         check_sample_flags(cfg)

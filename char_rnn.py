@@ -13,7 +13,7 @@ What you will learn, in this order:
      torch's fused nn.RNN / nn.LSTM / nn.GRU (--impl=fused, one oneDNN or cuDNN kernel); they share
      the same parameters, so one checkpoint loads into either, and a test checks they agree;
   5. training: truncated backpropagation through time (the hidden state is carried from chunk to chunk
-     but gradients stop at the chunk's edge), gradient clipping, AdamW (or Muon) with a learning rate
+     but gradients stop at the chunk's edge), gradient clipping, AdamW with a learning rate
      that warms up and then decays over a time budget, evaluation, checkpoints that survive a crash or
      Ctrl-C;
   6. sampling: prime the hidden state on a prompt, then feed back one sampled character at a time.
@@ -122,8 +122,7 @@ HELP = {
     "n_layer": "stacked recurrent layers",
     "n_embd": "size of the character embedding and of every hidden state",
     "dropout": "dropout probability between layers and before the read-out",
-    "optimizer": "adamw (AdamW for all) or muon (Muon for the recurrent weight matrices, AdamW for the rest; "
-                 "not tuned here)",
+    "optimizer": "adamw, the only choice here (char_gpt.py also has muon)",
     "learning_rate": "peak learning rate",
     "min_lr": "learning rate at the end of the cosine decay",
     "warmup_iters": "iterations of linear warm-up from 0 to --learning_rate",
@@ -219,8 +218,9 @@ def check_config(cfg: Config):
         raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
     if cfg.min_lr < 0:
         raise UsageError(f"--min_lr={cfg.min_lr} must be at least 0")
-    if cfg.optimizer not in ("muon", "adamw"):
-        raise UsageError(f"--optimizer={cfg.optimizer}: use muon or adamw")
+    if cfg.optimizer != "adamw":
+        raise UsageError(f"--optimizer={cfg.optimizer}: {KIND}.py trains with adamw only "
+                         "(Muon is char_gpt.py's, tuned for Transformer blocks)")
     check_sample_flags(cfg)
 
 
@@ -449,7 +449,8 @@ class CharRNN(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size)
         if cfg.model == "lstm":
-            # A forget-gate bias of 1 starts the LSTM remembering (f = sigmoid(1) ~ 0.73), not forgetting.
+            # A forget-gate bias of 1 makes the untrained LSTM keep more of its cell state: f = sigmoid(1) = 0.73
+            # instead of sigmoid(0) = 0.5, so a memory halves in about 2.2 steps instead of 1. Training does the rest.
             H = cfg.n_embd
             with torch.no_grad():
                 for l in range(cfg.n_layer):
@@ -497,25 +498,21 @@ def budget_progress(it, elapsed, cfg):
     return max(by_iters, by_time)
 
 
+# 5b. The optimizer: AdamW, for every parameter p with gradient g,
+#   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2        (bias-corrected: m^, v^)
+#   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
+# Weight decay pulls the matrices and the embedding toward 0, never the biases. (char_gpt.py adds Muon
+# for its Transformer blocks; it is not tuned for recurrent cells, so it is not offered here.)
+# Precision: everything in float32, on every device. The recurrent matmuls are small (batch x hidden)
+# and run one time step after another, so a faster number format would save little here.
+
 def make_optimizers(model, cfg):
-    """[AdamW] for everything; with --optimizer=muon, [Muon for the recurrent layers' weight matrices,
-    AdamW for the rest]. Muon steps along the momentum with every singular value set to 1 (char_gpt.py,
-    section 4b, explains it). Weight decay pulls matrices and the embedding toward 0, never the biases."""
-    matrices = [p for name, p in model.named_parameters()
-                if cfg.optimizer == "muon" and name.startswith("rnn.") and p.dim() == 2]
-    in_muon = {id(p) for p in matrices}
-    rest = [p for p in model.parameters() if id(p) not in in_muon]
-    groups = [{"params": [p for p in rest if p.dim() == 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-    try:  # fused: one kernel updates every parameter, instead of a few ops per tensor
-        adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=True)
-    except RuntimeError:  # a device without the fused kernel
-        adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99))
-    if not matrices:
-        return [adamw]
-    muon = torch.optim.Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, momentum=0.95,
-                            nesterov=True, adjust_lr_fn="match_rms_adamw")
-    return [muon, adamw]
+    """[AdamW] for every parameter: a list, so checkpoints have char_gpt.py's layout."""
+    groups = [{"params": [p for p in model.parameters() if p.dim() == 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    # fused: one kernel updates every parameter, instead of a few ops per tensor (CPU and CUDA have it)
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    return [torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=fused)]
 
 
 @torch.no_grad()
@@ -536,7 +533,7 @@ def estimate_loss(model, splits, cfg, device):
     return out
 
 
-# 5b. Checkpoints. torch.save writes a pickle; loading an arbitrary pickle can run code, so we store
+# 5c. Checkpoints. torch.save writes a pickle; loading an arbitrary pickle can run code, so we store
 # only tensors and plain Python values and load with weights_only=True. A checkpoint is written to
 # a temporary file and then renamed: the rename is atomic, so a crash mid-write keeps the old one.
 # Besides the weights, it holds where the streams are and the carried hidden state, so a resumed
@@ -603,7 +600,7 @@ def fmt_seconds(s):
     return f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
-# 5c. The loop. Each iteration reads the next chunk of every stream, starting from the hidden state
+# 5d. The loop. Each iteration reads the next chunk of every stream, starting from the hidden state
 # the previous chunk ended with (detached: truncated backpropagation through time, so the graph and
 # the memory stay one chunk long), takes one optimizer step, and keeps the new hidden state for the next.
 # The budget counts training time only: the Clock leaves evaluation out.
@@ -661,7 +658,7 @@ def train(cfg: Config, quiet=False):
     device_type = device.split(":")[0]
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
-    if ckpt and "optimizers" not in ckpt:  # written before Muon joined AdamW: one optimizer state
+    if ckpt and "optimizers" not in ckpt:  # an older layout: one optimizer state, not a list
         raise UsageError(f"{ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
                          "train again with another --out_dir (--sample_only still works on this one)")
     if ckpt:  # the model's shape and optimizer come from the checkpoint; budget, logging and impl from the flags
@@ -703,7 +700,7 @@ def train(cfg: Config, quiet=False):
                              "the whole budget: raise --max_iters or --max_seconds to train more")
     n_params = count_params(model)
     say(f"{KIND}: {cfg.model} ({cfg.impl}), {n_params:,} parameters, vocabulary {len(itos)}, "
-        f"{len(train_data):,} training characters, device {device}")
+        f"{len(train_data):,} training characters, device {device}; float32: {KIND}.py trains in float32 everywhere")
 
     def checkpoint():  # everything needed to continue exactly where we are
         save_checkpoint(ckpt_path, {
@@ -835,7 +832,19 @@ def print_samples(model, itos, cfg, device):
 # 7. Main
 # -----------------------------------------------------------------------------
 
+MIN_TORCH = (2, 4)  # the oldest torch this file was tested with (requirements.txt says the same)
+
+
+def check_torch_version(version):
+    major, minor = (int(part) for part in version.split(".")[:2])
+    if (major, minor) < MIN_TORCH:
+        need = ".".join(map(str, MIN_TORCH))
+        raise UsageError(f"{KIND}.py needs torch >= {need}, this is torch {version}: "
+                         f"pip install 'torch>={need}'")
+
+
 def main(argv=None):
+    check_torch_version(torch.__version__)
     cfg = parse_args(argv)
     if cfg.sample_only:
         check_sample_flags(cfg)

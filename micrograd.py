@@ -210,10 +210,14 @@ def trace_graph(root):
 #   da/dz = a (1 - a)                = 0.0452     (sigmoid' written through sigmoid itself)
 #   dz/dw = 1 + 2                    = 3          (w is used twice; the two uses add)
 #   dJ/dw = 0.9051 * 0.0452 * 3      = 0.1227
-# A published write-up of this very example gives 0.248, from a formula that multiplies the loss (0.5 - a)^2
-# itself by sigmoid'(z). The chain rule needs the loss's derivative there, dJ/da = -2 (0.5 - a), not the loss.
-# 0.248 is not dJ/dw: the engine, the hand computation, torch, and finite differences (J(w+h) - J(w-h)) / 2h
-# all give 0.1227 (tests/test_micrograd.py).
+# A published write-up of this very example prints the formula
+#   dJ/dw = (0.5 - sigmoid(1*1 + 2*1))^2 * e^-3 / (1 + e^-3)^2
+# and reports "approximately 0.248". Evaluated, its own formula gives 0.2048 * 0.0452 = 0.0093: it puts the
+# loss itself where the chain rule needs the loss's derivative dJ/da = -2 (0.5 - a), and it leaves out
+# dz/dw = 3. So 0.248 matches neither the formula printed beside it (0.0093) nor the derivative (0.1227).
+# (Only a guess at its origin: 0.248 is close to sigmoid'(J) = 0.2474, the sigmoid's slope at the loss.)
+# The engine, the hand computation, torch, and finite differences (J(w+h) - J(w-h)) / 2h all give 0.1227
+# (tests/test_micrograd.py).
 
 
 def worked_example():

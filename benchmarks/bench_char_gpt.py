@@ -115,12 +115,16 @@ def quality(args):
                "--eval_iters=20", "--log_interval=100", f"--max_iters={n}", f"--lr_decay_iters={n}",
                f"--eval_interval={n}", "--out_dir=/tmp/nanogpt-quality"] + flags(RECIPE)
         t = time.perf_counter()
-        subprocess.run(cmd, cwd=args.nanogpt, capture_output=True, text=True, check=True)
+        proc = subprocess.run(cmd, cwd=args.nanogpt, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t
+        # its training time: the median logged iteration (the first holds an evaluation) times the iterations
+        iter_ms = [float(m) for m in re.findall(r"time ([\d.]+)ms", proc.stdout)][1:]
+        trained = statistics.median(iter_ms) * n / 1000 if iter_ms else wall
         proc = subprocess.run([sys.executable, "-c", NANOGPT_EVAL, "/tmp/nanogpt-quality"], cwd=args.nanogpt,
                               capture_output=True, text=True, check=True)
-        print(f"nanoGPT recipe, {n} iters: wall {wall:.0f}s (evaluation and start-up included); "
-              f"val loss re-evaluated on 200 batches of 12 (seed 1337): {proc.stdout.strip()}")
+        print(f"nanoGPT recipe, {n} iters: {trained:.0f}s of training, wall {wall:.0f}s; "
+              f"val loss re-evaluated on 200 batches of 12 (seed 1337): {proc.stdout.strip()}", flush=True)
+        args.seconds = round(trained)  # ours gets the same training time
     out_dir = REPO / "out/bench/quality"
     t = time.perf_counter()
     out = run_ours(args.data, out_dir, [f"--max_seconds={args.seconds}", *args.extra])
@@ -149,11 +153,21 @@ def sampling(args):
         print(f"| {name} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[0] / rates[1]:.1f}x |", flush=True)
 
 
+def real_word_share(sample, text):
+    """The share of the sample's words (runs of letters) that occur as words in the training text."""
+    known = set(re.findall(r"[a-z]+", text.lower()))
+    words = re.findall(r"[a-z]+", sample.lower())
+    return sum(w in known for w in words) / max(len(words), 1), len(words)
+
+
 def default(args):
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, str(REPO / "char_gpt.py")], cwd=REPO, capture_output=True, text=True)
     print(proc.stdout[-2500:], proc.stderr[-2000:])
     print(f"`python char_gpt.py`: {time.perf_counter() - t:.0f} s wall, exit {proc.returncode}")
+    sample = proc.stdout.split("--- sample ---", 1)[-1]
+    share, n = real_word_share(sample, (REPO / "input.txt").read_text(encoding="utf-8"))
+    print(f"real words in the sample: {share:.0%} of {n} (words that occur in input.txt)")
     print(f"val loss re-evaluated on 200 batches of 12: {reevaluate(REPO / 'out/char_gpt', REPO / 'input.txt'):.4f}")
 
 

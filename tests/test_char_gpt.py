@@ -111,6 +111,78 @@ def test_parameter_count_and_weight_tying():
     assert model.lm_head.weight is model.wte.weight
 
 
+# ---------------------------------------------------------------- precision
+
+@pytest.mark.parametrize("device_type, fast_cpu, capability, dtype", [
+    ("cpu", False, None, "float32"),        # AVX2 only: bf16 matmuls would be emulated, ~50x slower
+    ("cpu", True, None, "bfloat16"),        # AVX512-BF16 or AMX
+    ("cuda", False, (6, 1), "float32"),     # Pascal: no tensor cores
+    ("cuda", False, (7, 0), "float16"),     # V100
+    ("cuda", False, (7, 5), "float16"),     # T4, the free Colab GPU: bf16 only by emulation
+    ("cuda", False, (8, 0), "bfloat16"),    # A100
+    ("cuda", False, (8, 6), "bfloat16"),    # RTX 30xx
+    ("cuda", False, (9, 0), "bfloat16"),    # H100
+    ("mps", False, None, "float32"),
+])
+def test_precision_policy_for_each_kind_of_hardware(device_type, fast_cpu, capability, dtype):
+    chosen, why = cg.choose_dtype(device_type, fast_cpu, capability)
+    assert chosen == dtype and why
+
+
+@pytest.mark.filterwarnings("ignore:.*CUDA is not available")  # autocast and the scaler say so: no GPU here
+def test_the_gpu_policy_reads_the_compute_capability(monkeypatch):
+    """setup_precision hands the GPU's capability to the policy (a T4 here, no GPU needed)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    dtype, why, _, _ = cg.setup_precision(cg.Config(dtype="auto"), "cuda")
+    assert dtype == "float16" and "Ampere" in why
+    dtype, why, _, _ = cg.setup_precision(cg.Config(dtype="bfloat16"), "cuda")
+    assert dtype == "bfloat16" and why == "set by --dtype"
+
+
+MATMULS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul", "linear", "_scaled_dot_product_flash_attention_for_cpu",
+           "_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_attention_math"}
+
+
+def matmul_dtypes_of_one_training_run(monkeypatch, tmp_path, fast_bf16):
+    """Run char_gpt.train for one step (and its evaluations) on a CPU that says it has fast bf16 or not,
+    and record the input dtypes of every matmul-like op torch dispatches, optimizer included."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in MATMULS:
+                dtypes = {a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()}
+                self.seen.append((name, dtypes))
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(cg, "cpu_has_fast_bf16", lambda: fast_bf16)
+    path = tmp_path / "t.txt"
+    path.write_text(SMALL_TEXT)
+    cfg = tiny_config(input=str(path), out_dir=str(tmp_path / "o"), max_iters=1, eval_iters=1, device="cpu")
+    with Recorder() as rec:
+        cg.train(cfg, quiet=True)
+    return rec.seen
+
+
+def test_no_bfloat16_matmul_in_a_training_step_on_a_cpu_without_fast_bf16(monkeypatch, tmp_path):
+    seen = matmul_dtypes_of_one_training_run(monkeypatch, tmp_path, fast_bf16=False)
+    muon_rounds = [s for s in seen if s[0] == "addmm"]      # Newton-Schulz: 2 per round, 5 rounds, 8 matrices
+    assert len(muon_rounds) >= 2 * 5 * 8
+    assert all(torch.bfloat16 not in dtypes for _, dtypes in seen), [s for s in seen if torch.bfloat16 in s[1]]
+
+
+def test_with_fast_bf16_the_model_and_muon_both_multiply_in_bfloat16(monkeypatch, tmp_path):
+    """The counterpart, so the test above could fail: the recorder does see bf16 where the policy asks for it."""
+    seen = matmul_dtypes_of_one_training_run(monkeypatch, tmp_path, fast_bf16=True)
+    assert any(torch.bfloat16 in dtypes for name, dtypes in seen if name in ("mm", "linear"))   # forward/backward
+    assert sum(torch.bfloat16 in dtypes for name, dtypes in seen if name == "addmm") >= 2 * 5 * 8  # Muon
+
+
 # ---------------------------------------------------------------- sampling
 
 def test_kv_cache_logits_equal_full_recomputation():
@@ -162,7 +234,7 @@ def test_overfits_one_batch():
     cfg = tiny_config(learning_rate=3e-3, weight_decay=0.0)
     model = cg.GPT(cfg, 20)
     optimizers = cg.make_optimizers(model, cfg)
-    _, autocast, scaler = cg.setup_precision(cg.Config(dtype="float32"), "cpu")
+    _, _, autocast, scaler = cg.setup_precision(cg.Config(dtype="float32"), "cpu")
     x = torch.randint(20, (4, 24))
     y = torch.roll(x, -1, dims=1)
     for _ in range(150):
@@ -187,18 +259,94 @@ def test_each_parameter_has_one_optimizer_muon_takes_the_blocks_matrices():
 
 
 def test_a_muon_step_is_the_gradients_singular_vectors_with_singular_values_near_1():
-    """Section 4b's claim: from zero momentum, W changes by -lr * 0.2 sqrt(max(rows, cols)) * O with
+    """Section 4c's claim: from zero momentum, W changes by -lr * 0.2 sqrt(max(rows, cols)) * O with
     O = U S' V^T, where G = U S V^T and every S' is near 1 (Newton-Schulz is approximate), whatever S is."""
     torch.manual_seed(0)
     W = torch.nn.Parameter(torch.zeros(64, 16))
     G = torch.randn(64, 16) @ torch.diag(torch.logspace(0, -2, 16))  # singular values spread over 100x
     W.grad = G.clone()
-    torch.optim.Muon([W], lr=0.1, weight_decay=0.0, adjust_lr_fn="match_rms_adamw").step()
+    cg.Muon([W], lr=0.1, weight_decay=0.0).step()
     O = -W.detach() / (0.1 * 0.2 * 64 ** 0.5)
     U, S, Vh = torch.linalg.svd(G, full_matrices=False)
     inner = U.T @ O @ Vh.T                                   # diagonal if O has G's singular vectors
     assert (inner - torch.diag(inner.diag())).abs().max() < 0.03
     assert inner.diag().min() > 0.5 and inner.diag().max() < 1.3
+
+
+def newton_schulz_by_svd(D, steps=5):
+    """The reference for newton_schulz: the same polynomial applied to D's singular values one by one,
+    O = U p(p(...p(S / |D|)...)) V^T with p(s) = a s + b s^3 + c s^5 (float64, from an SVD)."""
+    U, S, Vh = torch.linalg.svd(D.double(), full_matrices=False)
+    s = S / D.double().norm()
+    for _ in range(steps):
+        s = 3.4445 * s - 4.7750 * s ** 3 + 2.0315 * s ** 5
+    return (U * s) @ Vh
+
+
+@pytest.mark.parametrize("shape", [(24, 10), (10, 24), (16, 16)])
+def test_newton_schulz_applies_its_polynomial_to_every_singular_value(shape):
+    D = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = cg.newton_schulz(D, dtype=torch.float64)
+    torch.testing.assert_close(ours, newton_schulz_by_svd(D), rtol=0, atol=1e-12)
+    singular_values = torch.linalg.svdvals(ours)
+    assert singular_values.min() > 0.6 and singular_values.max() < 1.25  # section 4c: about 0.68 to 1.2
+
+
+def muon_pair(shapes, ns_dtype, dtype=torch.float32):
+    """The same parameters under our Muon and torch.optim.Muon (same hyperparameters: momentum 0.95,
+    Nesterov, AdamW-matched step size, weight decay 0.1)."""
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(0.1 * torch.randn(*s, generator=g, dtype=dtype)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    return (ours, cg.Muon(ours, lr=0.02, weight_decay=0.1, ns_dtype=ns_dtype),
+            ref, torch.optim.Muon(ref, lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True,
+                                  adjust_lr_fn="match_rms_adamw"))
+
+
+def run_steps(pairs, steps=5):
+    ours, opt, ref, ref_opt = pairs
+    start = [p.detach().clone() for p in ours]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for a, b in zip(ours, ref, strict=True):
+            a.grad = torch.randn(a.shape, generator=g, dtype=a.dtype)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref_opt.step()
+    moved = [a.detach() - s for a, s in zip(ours, start, strict=True)]
+    return moved, [b.detach() - s for b, s in zip(ref, start, strict=True)]
+
+
+SHAPES = [(48, 16), (16, 40)]  # tall and wide: Newton-Schulz works on the wide side
+needs_torch_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon is in torch >= 2.9")
+
+
+@needs_torch_muon
+def test_our_muon_equals_torch_muon_over_several_steps(monkeypatch):
+    """Momentum, Nesterov, weight decay and step size, exactly: both optimizers run in float64, torch's
+    Newton-Schulz replaced by the SVD reference (torch's own runs in bfloat16, tested below)."""
+    monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz",
+                        lambda grad, coefficients, steps, eps: newton_schulz_by_svd(grad, steps))
+    ours, ref = run_steps(muon_pair(SHAPES, torch.float64, dtype=torch.float64))
+    for a, b in zip(ours, ref, strict=True):
+        assert b.abs().max() > 0.01                          # five steps moved the weights
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def relative(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@needs_torch_muon
+def test_our_muon_in_bfloat16_agrees_with_torch_muon_to_bf16_rounding():
+    """Both with Newton-Schulz in bfloat16 (7 stored mantissa bits, a rounding of 0.4% per number, which
+    five rounds amplify to ~1.5% of the update); and ours in float32 is as close to either."""
+    ours16, ref16 = run_steps(muon_pair(SHAPES, torch.bfloat16))
+    ours32, _ = run_steps(muon_pair(SHAPES, torch.float32))
+    for a16, b16, a32 in zip(ours16, ref16, ours32, strict=True):
+        assert relative(a16, b16) < 0.04
+        assert relative(a32, b16) < 0.03 and relative(a16, a32) < 0.03
+        assert relative(-a32, b16) > 1                       # the bound is tight enough to catch a wrong sign
 
 
 def test_learning_rate_warms_up_then_decays_to_min_lr():

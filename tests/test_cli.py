@@ -89,8 +89,10 @@ def test_flags_take_both_spellings(script, tmp_path, text_file):
 
 # ---------------------------------------------------------------- resume and Ctrl-C
 
-@pytest.mark.parametrize("script", SCRIPTS)
-@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+OPTIMIZERS = {"char_gpt.py": ["muon", "adamw"], "char_rnn.py": ["adamw"]}  # Muon is char_gpt.py's lesson
+
+
+@pytest.mark.parametrize("script, optimizer", [(s, o) for s in SCRIPTS for o in OPTIMIZERS[s]])
 def test_resume_continues_exactly(script, optimizer, tmp_path, text_file):
     """100 iterations, then --resume for 100 more, logs the same losses as 200 straight (fixed seed, CPU).
     A constant learning rate after no warm-up, so the two runs share one schedule. The resumed run does
@@ -166,7 +168,23 @@ def test_nonsense_sizes(script, flag, tmp_path, text_file):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_unknown_optimizer(script, tmp_path, text_file):
     proc = run(script, "--input", text_file, "--out_dir", tmp_path, "--optimizer=sgd")
-    assert_one_line_error(proc, "--optimizer=sgd", "muon or adamw")
+    assert_one_line_error(proc, "--optimizer=sgd", " or ".join(OPTIMIZERS[script]) if script == "char_gpt.py"
+                          else "adamw only")
+
+
+def test_char_rnn_has_no_muon(tmp_path, text_file):
+    proc = run("char_rnn.py", "--input", text_file, "--out_dir", tmp_path, "--optimizer=muon")
+    assert_one_line_error(proc, "--optimizer=muon", "adamw only", "char_gpt.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_too_old_a_torch_is_one_line(script, tmp_path):
+    """With torch 2.3 the scripts say which version they need, and stop."""
+    fake_old = ("import runpy, sys, torch; torch.__version__ = '2.3.1'; sys.argv = [sys.argv[1]]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", fake_old, str(REPO / script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert_one_line_error(proc, "torch >= 2.4", "2.3.1", "pip install")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
