@@ -1,14 +1,17 @@
 """char_gpt.py: a character-level GPT, written to be read top to bottom.
 
 What you will learn, in this order:
-  1. configuration: every knob in one dataclass, filled from the command line;
-  2. data: a vocabulary of characters, encode/decode, a 90/10 train/val split, random windows;
-  3. the model: self-attention written out as softmax(QK^T / sqrt(d_k) + mask) V, then the fast
+  1. data: a vocabulary of characters, encode/decode, a 90/10 train/val split, random windows;
+  2. the model: self-attention written out as softmax(QK^T / sqrt(d_k) + mask) V, then the fast
      kernel that computes the same thing; multi-head attention, the feed-forward net, a Transformer
      block, and the GPT that stacks them;
-  4. training: Muon and AdamW, a learning rate that warms up and then decays over a time budget,
-     evaluation, checkpoints that survive a crash or Ctrl-C;
-  5. sampling: temperature, top-k, and a key/value cache so each new character costs one step.
+  3. training: a learning rate that warms up and then decays over a time budget, the precision the
+     hardware runs fast, Muon and AdamW written out, one training step, evaluation;
+  4. sampling: temperature, top-k, and a key/value cache so each new character costs one step;
+  5. running it: the command line, checks, checkpoints that survive a crash or Ctrl-C, the training
+     loop's bookkeeping. Machinery; skip it on a first read.
+`cfg` below is a Config (section 5a): n_layer, n_head, n_embd (the width C), block_size (the context T),
+dropout, batch_size, and the training knobs, with their defaults and meanings side by side.
 
 Run it:
   python char_gpt.py                                  # train on input.txt, then print a sample
@@ -29,17 +32,578 @@ import sys
 import time
 import typing
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
-# 1. Configuration
+# 1. Data
 # -----------------------------------------------------------------------------
-# A default of None means "chosen for the device": a laptop CPU and a GPU want different models.
-# The CPU defaults are the best we measured for a few minutes on 2 cores (README, "Results").
+# A character-level model reads text one character (Unicode code point) at a time. The vocabulary
+# is the sorted set of characters in the text; a character's id is its index in that list. itos
+# ("int to string") is that list; stoi ("string to int") is the dict that inverts it.
+
+def build_vocab(text):
+    """The sorted distinct characters of the text: itos, with ids 0..V-1."""
+    return sorted(set(text))
+
+
+def encode(s, stoi):
+    return [stoi[c] for c in s]
+
+
+def decode(ids, itos):
+    return "".join(itos[i] for i in ids)
+
+
+def split_data(text, stoi, block_size):
+    """First 90% of the text to train on, last 10% to validate on: one long tensor of ids each."""
+    data = torch.tensor(encode(text, stoi), dtype=torch.long)
+    n = int(0.9 * len(data))
+    train, val = data[:n], data[n:]
+    need = math.ceil((block_size + 1) / 0.1)  # the 10% split must hold one window and its next character
+    if len(val) < block_size + 1:
+        raise UsageError(f"the input has {len(text):,} characters, too short for --block_size={block_size} "
+                         f"(the 10% validation split needs a window): use at least {need:,} characters "
+                         "or a smaller --block_size")
+    return train, val
+
+
+# A window of T characters holds T training examples at once: y[t] = x[t + 1] is the character that
+# follows x[0..t], so the model, which at position t sees only x[0..t] (the causal mask, section 2), is
+# asked T next-character questions per window, one per prefix.
+
+def get_batch(data, batch_size, block_size, generator):
+    """batch_size random windows of the text; targets are the same windows shifted one to the left."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # window ix..ix+T
+    offsets = torch.arange(block_size + 1)
+    windows = data[ix[:, None] + offsets]        # (B, T+1), one gather instead of a Python loop
+    return windows[:, :-1], windows[:, 1:]       # x: (B, T), y: (B, T)
+
+
+# -----------------------------------------------------------------------------
+# 2. The model
+# -----------------------------------------------------------------------------
+# 2a. Self-attention, written out once. Shapes below: B sequences in a batch, T positions (characters)
+# each, C = n_embd numbers per position, V characters in the vocabulary.
+# Each position t makes a query q_t ("what am I looking for?"), a key k_t ("what do I offer?") and a
+# value v_t ("what I pass on"), each a linear map of its vector. The score of t looking at s is
+# q_t . k_s / sqrt(d_k): a dot product of d_k terms has a variance d_k times a term's, so dividing by
+# sqrt(d_k) keeps the scores near unit variance and the softmax, softmax(z)_s = e^z_s / sum_j e^z_j,
+# away from saturation. A causal mask sets the score to -inf for s > t (the future), so after the
+# softmax those weights are exactly 0. The output at t is the weighted average of the values:
+#   out = softmax(Q K^T / sqrt(d_k) + mask) V
+
+def attention(q, k, v):
+    """Causal attention in plain tensor ops. q, k, v: (B, nh, T, d_k), where nh is the number of heads
+    and d_k the size of one head. Returns (output, weights)."""
+    T, d_k = q.size(-2), q.size(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)                        # (B, nh, T, T)
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool, device=q.device), diagonal=1)  # s > t
+    scores = scores.masked_fill(future, float("-inf"))
+    weights = F.softmax(scores, dim=-1)                                      # rows sum to 1
+    return weights @ v, weights                                              # (B, nh, T, d_k)
+
+
+# 2b. Multi-head attention. One matrix, c_attn, makes q, k and v for all heads at once (3 x n_embd
+# outputs; the names c_attn, c_proj, c_fc are GPT-2's: "c" for the 1-D convolutions GPT-2 wrote its
+# linear maps as). Each head attends in its own d_k = n_embd / n_head dimensions, so heads can look for
+# different things; c_proj mixes the heads' outputs back together. (Equations write q = W_Q x for one
+# column vector x; nn.Linear computes x @ W.T for a whole batch of row vectors: the same numbers.) The
+# fast path calls
+# F.scaled_dot_product_attention, which computes the same formula as `attention` in one fused kernel
+# (flash attention on a GPU); a test checks they agree. Dropout, here and below, zeroes a random
+# fraction p of the numbers while training (and scales the rest by 1 / (1 - p)), so the network cannot
+# lean on any single one; model.eval() turns it off. `cache` is for sampling (section 4): the keys and
+# values of characters already seen, so they are not computed again.
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def heads(self, x):
+        """q, k, v for every head: (B, T, C) -> 3 x (B, nh, T, d_k)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)                             # 3 x (B, T, C)
+        # split C into n_head heads of d_k, and move the head axis forward
+        return (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+
+    def merge(self, y):
+        """The heads' outputs side by side again, then mixed: (B, nh, T, d_k) -> (B, T, C)."""
+        B, nh, T, d_k = y.shape
+        return self.resid_drop(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, nh * d_k)))
+
+    def forward(self, x, cache=None):
+        q, k, v = self.heads(x)
+        if cache is not None:
+            k, v = cache.extend(k, v)                                        # (B, nh, T_past + T, d_k)
+        # is_causal masks as if queries and keys start together: right without a cache, and for one
+        # new query against a cache (it may see every key). Sampling (section 4) uses nothing else.
+        dropout_p = self.dropout if self.training else 0.0
+        if q.is_cpu and q.dtype == torch.bfloat16:
+            y = float32_attention(q, k, v, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=q.size(2) > 1, dropout_p=dropout_p)
+        return self.merge(y)
+
+
+def float32_attention(q, k, v, dropout_p):
+    """On a CPU with fast bfloat16 the matmuls run in bf16 (section 3b), but torch's attention kernel is
+    slow in bf16 there: attention, a small share of the FLOPs, runs in float32."""
+    with torch.autocast("cpu", enabled=False):
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=q.size(2) > 1,
+                                           dropout_p=dropout_p)
+    return y.to(q.dtype)
+
+
+# 2c. The feed-forward net, applied to each position on its own. The Transformer's is
+# W2 act(W1 x + b1) + b2: one nonlinearity between two linear maps (not a second one after W2).
+# It widens to 4 x n_embd, bends with GELU (a smooth ReLU: x * Phi(x), Phi the normal CDF), and
+# narrows back. (GPT-2 used a tanh approximation of Phi; on a CPU with only AVX2 that is 2.6x slower
+# than the exact erf form, so we use the exact one.) We leave out the biases b1, b2 (as in every
+# linear map here): they add little and cost time.
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+# 2d. A Transformer block. The residual stream is the vector x each position carries from the
+# embedding to the output; every block reads it and adds its result back, never replacing it:
+#   x = x + attn(ln_1(x));   x = x + mlp(ln_2(x))
+# LayerNorm rescales each position's vector to mean 0 and variance 1, then by a learned gain:
+#   ln(x) = g * (x - mean(x)) / sqrt(var(x) + eps)
+# It comes before each sub-layer (pre-LN, as GPT-2), where the original Transformer put it after the
+# sum, x = ln(x + attn(x)): pre-LN leaves the "x +" path with nothing on it, so gradients flow straight
+# from the loss to the first layer, and deep stacks train without a long warm-up.
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=False)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=False)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+# 2e. The GPT: token embedding + position embedding -> n_layer blocks -> LayerNorm -> logits.
+# An embedding is a learned table: character id i -> row i of wte (V x C), position t -> row t of
+# wpe (block_size x C); their sum says what and where each character is. lm_head maps the final
+# vectors to one logit per character of the vocabulary (a logit is an unnormalised log-probability:
+# softmax turns the V logits into probabilities). It shares its matrix with wte ("weight
+# tying"): reading a character in and writing it out use the same vectors, which saves parameters
+# and learns faster.
+
+class GPT(nn.Module):
+    def __init__(self, cfg, vocab_size):
+        super().__init__()
+        self.block_size = cfg.block_size
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        # GPT-2 initialisation: weights ~ N(0, std 0.02). Each block adds two outputs to the residual
+        # stream, so its variance grows with depth; the projections that write into it start
+        # smaller, std 0.02 / sqrt(2 * n_layer), to keep the sum's scale fixed.
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith("c_proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def forward(self, idx, targets=None, caches=None):
+        """idx: (B, T) ids. Returns logits (B, T, V) and, given targets, the mean cross-entropy.
+        caches (sampling only): one KVCache per block; idx then continues the cached characters."""
+        B, T = idx.shape
+        start = 0 if caches is None or caches[0].k is None else caches[0].k.size(2)  # characters cached
+        if start + T > self.block_size:
+            raise ValueError(f"{start + T} positions, but the model knows only block_size={self.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))                          # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])
+        logits = self.lm_head(self.ln_f(x))                                   # (B, T, V)
+        if targets is None:
+            return logits, None
+        # loss = -mean over positions of log p(next character | the characters up to it), in nats (natural
+        # log; a model that guesses uniformly scores ln V, 4.2 for 65 characters). Its gradient with respect
+        # to the logits is (softmax(logits) - onehot(target)) / (B T): push up the right character, push
+        # down the others in proportion to how likely the model thought they were.
+        loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
+        return logits, loss
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+# 2f. Looking inside: the attention weights of every layer, from running the blocks by hand with the
+# written-out `attention` (the fast kernel does not return its weights).
+
+@torch.no_grad()
+def attention_maps(model, idx):
+    """For input idx (B, T): a list of n_layer tensors (B, n_head, T, T), row t = where position t looked."""
+    was_training = model.training
+    model.eval()
+    x = model.wte(idx) + model.wpe(torch.arange(idx.size(1), device=idx.device))
+    maps = []
+    for block in model.blocks:
+        y, weights = attention(*block.attn.heads(block.ln_1(x)))
+        maps.append(weights)
+        x = x + block.attn.merge(y)
+        x = x + block.mlp(block.ln_2(x))
+    model.train(was_training)
+    return maps
+
+
+# -----------------------------------------------------------------------------
+# 3. Training
+# -----------------------------------------------------------------------------
+# 3a. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
+# the budget (counted in iterations or in seconds, whichever ends first, so a 5-minute run decays
+# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (the first steps
+# rest on poor running averages of the gradient, so they should be small):
+#   lr = [min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2] * min(1, (it + 1) / warmup_iters)
+
+def get_lr(it, progress, cfg):
+    cosine = cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cosine * min(1.0, (it + 1) / cfg.warmup_iters) if cfg.warmup_iters else cosine
+
+
+def budget_progress(it, elapsed, cfg):
+    by_iters = it / cfg.max_iters if cfg.max_iters else 0.0
+    by_time = elapsed / cfg.max_seconds if cfg.max_seconds else 0.0
+    return max(by_iters, by_time)
+
+
+# 3b. Precision: which number format the matmuls of a training step run in. Decided once, here, for
+# the forward and backward passes and for the optimizer's own matmuls (Muon's, below) alike.
+#   float32   23 stored mantissa bits: exact enough for everything, the baseline speed.
+#   bfloat16  float32's range with 7 stored mantissa bits: 2-4x faster where the hardware has it
+#             (GPUs from Ampere on; CPUs with AVX512-BF16 or AMX), and ~50x SLOWER where it does not
+#             (a CPU with only AVX2 emulates it: measured 1.1 ms vs 52 ms for a 512x128 @ 128x512 product).
+#   float16   10 stored mantissa bits but a narrow range (max 65504): fast on the tensor cores of
+#             GPUs before Ampere, which only emulate bfloat16; needs loss scaling (section 3d).
+# autocast runs the matmuls in the chosen format and keeps sums, LayerNorm and the loss in float32.
+# The one exception: on a CPU, torch's attention kernel is slow in bfloat16, so attention stays in
+# float32 there (CausalSelfAttention.fused_attention).
+
+def choose_dtype(device_type, cpu_fast_bf16=False, cuda_capability=None):
+    """The precision policy, a pure function of the hardware: (dtype, why). cuda_capability is the
+    GPU's (major, minor) compute capability: 8.0 is Ampere (A100), 7.x Volta/Turing (V100, T4)."""
+    if device_type == "cuda":
+        if cuda_capability >= (8, 0):
+            return "bfloat16", "this GPU (Ampere or later) has fast bfloat16"
+        if cuda_capability >= (7, 0):
+            return "float16", "this GPU is older than Ampere: no fast bfloat16, float16 on its tensor cores"
+        return "float32", "this GPU has no tensor cores"
+    if device_type == "mps":
+        return "float32", "Apple GPUs: float32, the format every one of them runs at full speed"
+    if cpu_fast_bf16:
+        return "bfloat16", "this CPU has fast bfloat16 (AVX512-BF16 or AMX)"
+    return "float32", "this CPU has no fast bfloat16"
+
+
+def cpu_has_fast_bf16():
+    """Whether oneDNN, torch's CPU matmul library, has bfloat16 instructions here (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
+def setup_precision(cfg, device):
+    """Read the hardware, apply the policy (or --dtype), and build what the training step needs:
+    (dtype name, why, autocast context, GradScaler). On a GPU, TF32 for what stays in float32."""
+    device_type = device.split(":")[0]
+    if cfg.dtype == "auto":
+        capability = torch.cuda.get_device_capability(device) if device_type == "cuda" else None
+        fast_cpu = device_type == "cpu" and cpu_has_fast_bf16()
+        dtype, why = choose_dtype(device_type, fast_cpu, capability)
+    else:
+        dtype, why = cfg.dtype, "set by --dtype"
+        if dtype == "bfloat16" and device_type == "cpu" and not cpu_has_fast_bf16():
+            why += " (this CPU has no fast bfloat16: expect it to be many times slower than float32)"
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range, 10 mantissa bits, tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = (nullcontext() if dtype == "float32"
+                else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+    # float16's narrow range: scale the loss up so small gradients do not round to 0
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    return dtype, why, autocast, scaler
+
+
+# 3c. The optimizers. AdamW, for every parameter p with gradient g, keeps running averages
+#   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
+#   m^ = m / (1 - beta1^t),   v^ = v / (1 - beta2^t)     (t = steps so far: undo the start from 0)
+#   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
+# so each number moves by at most about lr, whatever its gradient's scale (m^ / sqrt(v^) is +-1 when
+# every recent g agreed; noise makes it smaller, about 0.2 on average). beta2 = 0.99 (not 0.999): with
+# small batches, a shorter memory of g^2 adapts faster.
+# The blocks' weight matrices learn faster with Muon, which treats a matrix W as a matrix, not a bag
+# of numbers. It keeps a running average of W's gradient G, like AdamW's m, and looks one step ahead
+# along it (Nesterov momentum):
+#   M = mu M + (1 - mu) G   (mu = 0.95),      D = (1 - mu) G + mu M
+# and sets every singular value of D to 1: if D = U S V^T (its singular value decomposition: rotations
+# U and V, stretches S), the step is U V^T. The few directions that dominate a gradient no longer
+# drown the rest; every direction W can move in moves by the same amount.
+
+def newton_schulz(D, dtype=torch.float32, steps=5):
+    """About U V^T for D = U S V^T, from matrix products alone (no SVD, which is slow on a GPU).
+    Divide D by its Frobenius norm sqrt(sum of squares) = sqrt(sum of s^2) >= the largest s, so every
+    singular value s is in (0, 1]. Then, since X X^T X = U S^3 V^T, the update
+    X <- a X + b (X X^T) X + c (X X^T)^2 X keeps U and V and maps each s to p(s) = a s + b s^3 + c s^5.
+    The coefficients (tuned by Muon's author, Keller Jordan) make p steep at 0 (slope a = 3.4: small s
+    grow 3.4x a round) yet keep s from overshooting: after five rounds every s above 0.002 of the norm
+    lands between 0.68 and 1.2 (smaller ones are noise). That is not exactly 1, and it works as well."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = D / D.norm().clamp(min=1e-7)
+    X = X.to(dtype)                                      # the matmuls run in the policy's format (3b)
+    wide = X.size(0) <= X.size(1)
+    if not wide:
+        X = X.T                                          # work with the smaller X X^T
+    for _ in range(steps):
+        A = X @ X.T
+        B = torch.addmm(A, A, A, beta=b, alpha=c)       # b A + c A A: addmm(C, M, N) = beta C + alpha M N
+        X = torch.addmm(X, B, X, beta=a)                 # a X + B X, one rounding instead of two or three
+    return (X if wide else X.T).to(D.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum, the Nesterov look-ahead, U V^T by Newton-Schulz, then a step scaled to AdamW's size:
+    U V^T of an m x n matrix has min(m, n) singular values of 1, so its squares sum to min(m, n) over
+    m n entries: entries of about 1 / sqrt(max(m, n)). So the step is multiplied by
+    0.2 sqrt(max(m, n)) to give entries of about 0.2 lr, the size of a typical AdamW step: one learning
+    rate serves both. Weight decay as in AdamW: W <- W - lr weight_decay W."""
+
+    def __init__(self, params, lr, weight_decay, momentum=0.95, ns_dtype=torch.float32):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum))
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, mu = group["lr"], group["momentum"]
+            for W in group["params"]:
+                if W.grad is None:
+                    continue
+                M = self.state[W].setdefault("momentum_buffer", torch.zeros_like(W))
+                M.lerp_(W.grad, 1 - mu)                  # M = mu M + (1 - mu) G
+                D = W.grad.lerp(M, mu)                   # D = (1 - mu) G + mu M
+                W.mul_(1 - lr * group["weight_decay"])
+                W.add_(newton_schulz(D, self.ns_dtype), alpha=-lr * 0.2 * math.sqrt(max(W.shape)))
+
+
+# Who gets what: Muon takes the matrices between hidden layers (c_attn's q, k and v together, as one
+# matrix); the embedding tables (wte, which is also lm_head, and wpe) and the LayerNorm gains stay with
+# AdamW. --optimizer=adamw, nanoGPT's choice, gives AdamW the matrices too. Weight decay,
+# p -= lr * weight_decay * p, pulls the matrices and the embedding tables toward 0, not the gains.
+
+def make_optimizers(model, cfg, ns_dtype=torch.float32):
+    """--optimizer=muon: [Muon for the blocks' weight matrices, AdamW for the embeddings and the
+    LayerNorm gains]; --optimizer=adamw: [AdamW for everything]."""
+    matrices = [p for name, p in model.named_parameters()
+                if cfg.optimizer == "muon" and name.startswith("blocks.") and p.dim() == 2]
+    in_muon = {id(p) for p in matrices}
+    rest = [p for p in model.parameters() if id(p) not in in_muon]
+    groups = [{"params": [p for p in rest if p.dim() == 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    # fused: one kernel updates every parameter, instead of a few ops per tensor (CPU and CUDA have it)
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=fused)
+    if not matrices:
+        return [adamw]
+    return [Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype), adamw]
+
+
+# 3d. One training step: forward in the policy's precision (3b), backward, clip, update. With float16
+# the GradScaler multiplies the loss by a large factor before backward (so small gradients do not
+# round to 0) and divides it out again before clipping and the update.
+
+def train_step(model, optimizers, scaler, autocast, x, y, lr, grad_clip):
+    """One step of gradient descent on one batch: forward, backward (autograd applies the chain rule
+    through every operation of the forward pass, giving each parameter's gradient), clip, update."""
+    with autocast:
+        _, loss = model(x, y)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:  # g <- g * min(1, grad_clip / ||g||), ||g|| over all parameters: no single huge step
+        for opt in optimizers:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+        scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
+    scaler.update()
+    return loss
+
+
+# 3e. Evaluation: the loss on batches the model is not trained on (val) tells whether it generalises.
+# Part of the gap to the train loss is overfitting, and part is a different text: the val split is the
+# last 10% of the file, on input.txt most of one play whose speakers rarely appear in training.
+
+@torch.no_grad()
+def estimate_loss(model, splits, cfg, device, autocast):
+    """Mean loss over eval_iters batches of each split, on the same batches every time (fixed seed),
+    so successive evaluations differ only because the model changed."""
+    model.eval()
+    out = {}
+    for name, data in splits.items():
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        losses = []
+        for _ in range(cfg.eval_iters):
+            x, y = get_batch(data, cfg.batch_size, cfg.block_size, g)
+            with autocast:
+                _, loss = model(x.to(device), y.to(device))
+            losses.append(loss.item())
+        out[name] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+# 3f. The training loop. Each iteration: where are we in the budget (0 -> 1), hence the learning rate;
+# a batch of random windows; one step. Every eval_interval iterations, and when the budget is spent,
+# evaluate on both splits and save a checkpoint. `run` holds the model, data and optimizers; start_run
+# builds it (section 5f), and the helpers named there keep the books.
+
+def train(cfg, quiet=False):
+    """Train a GPT as cfg says. Returns a dict: model, itos, device, history (rows of log.csv), metrics."""
+    run = start_run(cfg, quiet)
+    cfg = run.cfg  # with the device's defaults filled in
+    with bookkeeping(run):
+        while True:
+            progress = budget_progress(run.it, run.clock.elapsed(), cfg)
+            done = progress >= 1.0
+            if (run.it % cfg.eval_interval == 0 and run.it != run.resumed_at) or done:
+                evaluate_and_save(run)
+            if done:
+                break
+            lr = get_lr(run.it, progress, cfg)
+            x, y = get_batch(run.train_data, cfg.batch_size, cfg.block_size, run.data_gen)
+            loss = train_step(run.model, run.optimizers, run.scaler, run.autocast, x.to(run.device),
+                              y.to(run.device), lr, cfg.grad_clip)
+            run.it += 1
+            if run.it % cfg.log_interval == 0:
+                log_progress(run, loss, lr, progress)
+    return finish_run(run)
+
+
+# -----------------------------------------------------------------------------
+# 4. Sampling
+# -----------------------------------------------------------------------------
+# To sample, turn the last position's logits into probabilities p = softmax(logits / temperature),
+# optionally keep only the top_k most likely characters, draw one, append it, and repeat.
+# Without a cache, each new character re-runs the whole window. With a key/value cache, each layer
+# keeps the keys and values it already computed, so a new character costs one position's forward.
+# Our position embeddings are absolute (0..block_size-1), so the cache cannot simply slide: when it
+# is full, we crop the text to its last block_size // 2 characters and recompute the cache from
+# them (one half-window forward per block_size // 2 new characters).
+
+# 4a. Drawing one character, and the plain sampling loop.
+
+def sample_next(logits, temperature, top_k, generator=None):
+    """logits: (B, V) -> ids (B, 1). temperature 0 means greedy (always the most likely)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits.float(), dim=-1).cpu()  # draw on the CPU: one generator for every device
+    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
+
+
+@torch.no_grad()
+def generate_naive(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    """Sampling the plain way: every step re-runs the model on the last block_size characters.
+    generate below draws the same characters (same logits, same random numbers) as long as the text fits
+    in the window; past it, this one slides the window by one while generate crops to half a window."""
+    model.eval()
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -model.block_size:])
+        idx = torch.cat([idx, sample_next(logits[:, -1, :], temperature, top_k, generator)], dim=1)
+    return idx
+
+
+# 4b. The key/value cache. Sampling feeds one new character at a time; its query must be scored against
+# the keys of every character before it, which the cache holds. The mask of section 2a then changes:
+# the Tq new queries are the last Tq of the Tk positions, so query i sits at position Tk - Tq + i and
+# may see the keys up to there:
+
+def attention_after_cache(q, k, v):
+    """`attention` for queries that continue a cache: q (B, nh, Tq, d_k), k and v (B, nh, Tk, d_k), Tq <= Tk."""
+    Tq, Tk, d_k = q.size(-2), k.size(-2), q.size(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)                        # (B, nh, Tq, Tk)
+    future = torch.triu(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device), diagonal=Tk - Tq + 1)
+    weights = F.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    return weights @ v, weights
+
+
+# With one new query (Tq = 1) nothing is masked: it may see every cached key. That is the only case
+# sampling meets after the prompt, so the model's fast path (is_causal for T > 1, no mask for T = 1)
+# computes exactly this.
+
+class KVCache:
+    """The keys and values one attention layer has computed so far, so sampling can skip them."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def extend(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=None, generator=None):
+    """Continue idx (B, T) by max_new_tokens ids, with a key/value cache. on_token(ids) sees each step."""
+    model.eval()
+    T = model.block_size
+    context = idx[:, -T:]
+    caches = [KVCache() for _ in model.blocks]
+    logits, _ = model(context, caches=caches)                # prefill: the whole prompt at once
+    for _ in range(max_new_tokens):
+        nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
+        idx = torch.cat([idx, nxt], dim=1)
+        if on_token:
+            on_token(nxt)
+        if caches[0].k.size(2) < T:                          # room left: feed one character
+            logits, _ = model(nxt, caches=caches)
+        else:                                                # full: crop and recompute
+            caches = [KVCache() for _ in model.blocks]
+            logits, _ = model(idx[:, -max(1, T // 2):], caches=caches)
+    return idx
+
+
+# -----------------------------------------------------------------------------
+# 5. Running it: the command line, checks, checkpoints, the clock, several processes, the loop's
+#    bookkeeping, main. The machinery around the lesson; a reader may skip it.
+# -----------------------------------------------------------------------------
+
+# 5a. Configuration: every knob once, its default and its meaning side by side; --help is built from
+# them. A default of None means "chosen for the device" (DEVICE_DEFAULTS below).
 
 KIND = "char_gpt"  # written into checkpoints, so char_rnn.py's checkpoints are told apart
 
@@ -48,91 +612,66 @@ class UsageError(Exception):
     """A problem with the input or the flags: reported as one line, without a traceback."""
 
 
+def knob(default, help):
+    """A Config field: its default and its --help text side by side."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Config:
     # I/O
-    input: str = "input.txt"
-    out_dir: str = "out/char_gpt"
-    device: str = "auto"
-    seed: int = 1337
+    input: str = knob("input.txt", "UTF-8 text file to learn from")
+    out_dir: str = knob("out/char_gpt", "where ckpt.pt, log.csv, metrics.json and loss.png go")
+    device: str = knob("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    seed: int = knob(1337, "random seed (data order, initialisation, dropout, sampling)")
     # how long to train: whichever limit comes first (no limit set: --max_seconds for the device)
-    max_iters: int | None = None
-    max_seconds: float | None = None
-    eval_interval: int | None = None
-    eval_iters: int = 20
-    log_interval: int = 100
+    max_iters: int | None = knob(None, "stop after this many iterations")
+    max_seconds: float | None = knob(None, "stop after this many seconds of training (evaluation not "
+                                           "counted); the learning rate decays over this budget. Used when "
+                                           "neither limit is given")
+    eval_interval: int | None = knob(None, "evaluate train/val loss and save a checkpoint every N iterations")
+    eval_iters: int = knob(20, "batches averaged for each evaluated loss")
+    log_interval: int = knob(100, "print a progress line every N iterations")
     # data and model
-    batch_size: int | None = None
-    block_size: int | None = None
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
-    dropout: float | None = None
+    batch_size: int | None = knob(None, "sequences per step")
+    block_size: int | None = knob(None, "context length in characters")
+    n_layer: int | None = knob(None, "Transformer blocks")
+    n_head: int | None = knob(None, "attention heads per block")
+    n_embd: int | None = knob(None, "width of the residual stream")
+    dropout: float | None = knob(None, "dropout probability")
     # optimisation
-    optimizer: str = "muon"
-    learning_rate: float | None = None
-    min_lr: float | None = None
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    dtype: str = "auto"
-    compile: bool = False
+    optimizer: str = knob("muon", "muon (Muon for the blocks' weight matrices, AdamW for the rest) or adamw "
+                                  "(AdamW for all; on a CPU give it --learning_rate=3e-3, its best in our runs)")
+    learning_rate: float | None = knob(None, "peak learning rate")
+    min_lr: float | None = knob(None, "learning rate at the end of the cosine decay")
+    warmup_iters: int = knob(100, "iterations of linear warm-up from 0 to --learning_rate")
+    weight_decay: float = knob(0.1, "weight decay, applied to weight matrices and embedding tables only")
+    grad_clip: float = knob(1.0, "clip the gradient norm to this (0: off)")
+    dtype: str = knob("auto", "auto (section 3b: bfloat16 on GPUs from Ampere on and on CPUs with AVX512-BF16 "
+                              "or AMX, float16 on older GPUs with tensor cores, else float32), float32, bfloat16 "
+                              "or float16")
+    compile: bool = knob(False, "compile the model with torch.compile (worth it on a GPU)")
     # resuming and sampling
-    resume: bool = False
-    sample_only: bool = False
-    prompt: str = "\n"
-    max_new_tokens: int = 500
-    num_samples: int = 1
-    temperature: float = 0.8
-    top_k: int | None = None
+    resume: bool = knob(False, "continue training from out_dir/ckpt.pt (its model shape and optimizer win over "
+                               "the flags)")
+    sample_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print samples")
+    prompt: str = knob("\n", "text the samples continue")
+    max_new_tokens: int = knob(500, "characters to generate per sample")
+    num_samples: int = knob(1, "how many samples to print")
+    temperature: float = knob(0.8, "divide the logits by this: < 1 safer, > 1 wilder")
+    top_k: int | None = knob(None, "sample only from the k most likely characters (None: all)")
 
 
 # The defaults of the fields left at None, per device. cpu: nanoGPT's CPU recipe model (4 layers,
-# 4 heads, 128 wide, batch 12) with twice its context, Muon (section 4c) and a 10x higher learning
-# rate that decays to 0: of the settings we tried, the best val loss after 3 minutes on 2 cores
-# (README, "Results"). gpu (cuda or mps): the classic "baby GPT", its learning rate raised 3x for
-# Muon as on the CPU.
+# 4 heads, 128 wide, batch 12) with twice its context, Muon (section 3c) at learning rate 1e-2 decaying
+# to 0: of the settings we tried, the best val loss after 3 minutes on 2 cores, on CPUs with and without
+# fast bfloat16 (README, "Results"). Muon's best rate there was about 3x AdamW's best (3e-3), so the gpu
+# defaults (cuda or mps; the classic "baby GPT") take nanoGPT's AdamW rate 1e-3 times 3 (not measured).
 DEVICE_DEFAULTS = {
     "cpu": dict(max_seconds=300, eval_interval=500, batch_size=12, block_size=128, n_layer=4, n_head=4,
                 n_embd=128, dropout=0.0, learning_rate=1e-2, min_lr=0.0),
     "gpu": dict(max_seconds=90, eval_interval=250, batch_size=64, block_size=256, n_layer=6, n_head=6,
                 n_embd=384, dropout=0.2, learning_rate=3e-3, min_lr=3e-4),
-}
-
-HELP = {
-    "input": "UTF-8 text file to learn from",
-    "out_dir": "where ckpt.pt, log.csv, metrics.json and loss.png go",
-    "device": "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps",
-    "seed": "random seed (data order, initialisation, dropout, sampling)",
-    "max_iters": "stop after this many iterations",
-    "max_seconds": "stop after this many seconds of training (evaluation not counted); the learning rate "
-                   "decays over this budget. Used when neither limit is given",
-    "eval_interval": "evaluate train/val loss and save a checkpoint every N iterations",
-    "eval_iters": "batches averaged for each evaluated loss",
-    "log_interval": "print a progress line every N iterations",
-    "batch_size": "sequences per step",
-    "block_size": "context length in characters",
-    "n_layer": "Transformer blocks",
-    "n_head": "attention heads per block",
-    "n_embd": "width of the residual stream",
-    "dropout": "dropout probability",
-    "optimizer": "muon (Muon for the blocks' weight matrices, AdamW for the rest) or adamw (AdamW for all; "
-                 "on a CPU give it --learning_rate=3e-3, its best in our runs)",
-    "learning_rate": "peak learning rate",
-    "min_lr": "learning rate at the end of the cosine decay",
-    "warmup_iters": "iterations of linear warm-up from 0 to --learning_rate",
-    "weight_decay": "weight decay, applied to weight matrices and embedding tables only",
-    "grad_clip": "clip the gradient norm to this (0: off)",
-    "dtype": "auto (section 4b: bfloat16 on GPUs from Ampere on and on CPUs with AVX512-BF16 or AMX, float16 "
-             "on older GPUs with tensor cores, else float32), float32, bfloat16 or float16",
-    "compile": "compile the model with torch.compile (worth it on a GPU)",
-    "resume": "continue training from out_dir/ckpt.pt (its model shape and optimizer win over the flags)",
-    "sample_only": "do not train: load out_dir/ckpt.pt and print samples",
-    "prompt": "text the samples continue",
-    "max_new_tokens": "characters to generate per sample",
-    "num_samples": "how many samples to print",
-    "temperature": "divide the logits by this: < 1 safer, > 1 wilder",
-    "top_k": "sample only from the k most likely characters (None: all)",
 }
 
 
@@ -164,7 +703,8 @@ def parse_args(argv=None) -> Config:
         else:
             default = repr(f.default)
         extra = dict(type=parse_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
-        parser.add_argument(f"--{f.name}", default=f.default, help=f"{HELP[f.name]} (default: {default})", **extra)
+        parser.add_argument(f"--{f.name}", default=f.default, help=f"{f.metadata['help']} (default: {default})",
+                            **extra)
     return Config(**vars(parser.parse_args(argv)))
 
 
@@ -231,11 +771,7 @@ def check_sample_flags(cfg: Config):
         raise UsageError("--prompt is empty: the samples need at least one character to start from")
 
 
-# -----------------------------------------------------------------------------
-# 2. Data
-# -----------------------------------------------------------------------------
-# A character-level model reads text one character (Unicode code point) at a time. The vocabulary
-# is the sorted set of characters in the text; a character's id is its index in that list.
+# 5b. Reading the text, with a one-line error for each way it can fail.
 
 def read_text(path):
     try:
@@ -255,414 +791,7 @@ def read_text(path):
     return text
 
 
-def build_vocab(text):
-    """The sorted distinct characters of the text: ids 0..V-1."""
-    return sorted(set(text))
-
-
-def encode(s, stoi):
-    return [stoi[c] for c in s]
-
-
-def decode(ids, itos):
-    return "".join(itos[i] for i in ids)
-
-
-def split_data(text, stoi, block_size):
-    """First 90% of the text to train on, last 10% to validate on: one long tensor of ids each."""
-    data = torch.tensor(encode(text, stoi), dtype=torch.long)
-    n = int(0.9 * len(data))
-    train, val = data[:n], data[n:]
-    need = math.ceil((block_size + 1) / 0.1)  # the 10% split must hold one window and its next character
-    if len(val) < block_size + 1:
-        raise UsageError(f"the input has {len(text):,} characters, too short for --block_size={block_size} "
-                         f"(the 10% validation split needs a window): use at least {need:,} characters "
-                         "or a smaller --block_size")
-    return train, val
-
-
-def get_batch(data, batch_size, block_size, generator):
-    """batch_size random windows of the text; targets are the same windows shifted one to the left."""
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # window ix..ix+T
-    offsets = torch.arange(block_size + 1)
-    windows = data[ix[:, None] + offsets]        # (B, T+1), one gather instead of a Python loop
-    return windows[:, :-1], windows[:, 1:]       # x: (B, T), y: (B, T)
-
-
-# -----------------------------------------------------------------------------
-# 3. The model
-# -----------------------------------------------------------------------------
-# 3a. Self-attention, written out once.
-# Each position t makes a query q_t, a key k_t and a value v_t (linear maps of its vector).
-# The score of t looking at s is q_t . k_s / sqrt(d_k): dividing by sqrt(d_k) keeps the scores'
-# variance near 1, so the softmax does not saturate. A causal mask sets the score to -inf for
-# s > t (the future), so after the softmax those weights are exactly 0. The output at t is the
-# weighted average of the values:   out = softmax(Q K^T / sqrt(d_k) + mask) V
-
-def attention(q, k, v):
-    """Causal attention in plain tensor ops. q: (B, nh, Tq, d_k), k and v: (B, nh, Tk, d_k), where nh is
-    the number of heads and d_k the size of one head. Returns (output, weights)."""
-    Tq, Tk, d_k = q.size(-2), k.size(-2), q.size(-1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)                        # (B, nh, Tq, Tk)
-    # The queries are the last Tq of the Tk positions (Tq < Tk when earlier keys come from a cache),
-    # so query i sits at position Tk - Tq + i and must not see the keys after it.
-    future = torch.triu(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device), diagonal=Tk - Tq + 1)
-    scores = scores.masked_fill(future, float("-inf"))
-    weights = F.softmax(scores, dim=-1)                                      # rows sum to 1
-    return weights @ v, weights                                              # (B, nh, Tq, d_k)
-
-
-# 3b. Multi-head attention. One matrix, c_attn, makes q, k and v for all heads at once (3 x n_embd
-# outputs; the names c_attn, c_proj, c_fc are GPT-2's). Each head attends in its own d_k = n_embd / n_head
-# dimensions, so heads can look for different things; c_proj mixes the heads' outputs back together.
-# The fast path calls F.scaled_dot_product_attention, which computes the same formula as `attention`
-# in one fused kernel (flash attention on a GPU); a test checks they agree. `cache` is for sampling
-# (section 5): the keys and values of characters already seen, so they are not computed again.
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.dropout = cfg.dropout
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
-        self.resid_drop = nn.Dropout(cfg.dropout)
-        self.keep_weights = False  # GPT.attention_maps sets it: run `attention` by hand, keep its weights
-        self.attn_weights = None
-
-    def forward(self, x, cache=None):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)                             # 3 x (B, T, C)
-        # split C into n_head heads of d_k, and move the head axis forward: (B, T, C) -> (B, nh, T, d_k)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:
-            k, v = cache.extend(k, v)                                        # (B, nh, T_past + T, d_k)
-        if self.keep_weights:
-            y, self.attn_weights = attention(q, k, v)
-        else:
-            # is_causal masks as if queries and keys start together: right without a cache, and for
-            # one new query against a cache (it may see every key). Sampling uses nothing else.
-            y = self.fused_attention(q, k, v)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)                      # heads side by side
-        return self.resid_drop(self.c_proj(y))
-
-    def fused_attention(self, q, k, v):
-        dropout_p = self.dropout if self.training else 0.0
-        if q.is_cpu and q.dtype == torch.bfloat16:
-            # On a CPU, torch's attention kernel is slow in bfloat16 while the matmuls are 3x faster than in
-            # float32: keep bf16 for the matmuls, run attention (a small share of the FLOPs) in float32.
-            with torch.autocast("cpu", enabled=False):
-                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=q.size(2) > 1,
-                                                   dropout_p=dropout_p)
-            return y.to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=q.size(2) > 1, dropout_p=dropout_p)
-
-
-# 3c. The feed-forward net, applied to each position on its own. The Transformer's is
-# W2 act(W1 x + b1) + b2: one nonlinearity between two linear maps (not a second one after W2).
-# It widens to 4 x n_embd, bends with GELU (a smooth ReLU: x * Phi(x), Phi the normal CDF), and
-# narrows back. (GPT-2 used a tanh approximation of Phi; on a CPU with only AVX2 that is 2.6x slower
-# than the exact erf form, so we use the exact one.) We leave out the biases b1, b2 (as in every
-# linear map here): they add little and cost time.
-
-class MLP(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x):
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x))))
-
-
-# 3d. A Transformer block, pre-LayerNorm: normalise, transform, add back to the residual stream.
-#   x = x + attn(ln_1(x));   x = x + mlp(ln_2(x))
-# LayerNorm rescales each position's vector to mean 0 and variance 1, then by a learned gain:
-#   ln(x) = g * (x - mean(x)) / sqrt(var(x) + eps)
-# The residual path (the "x +") lets gradients flow straight from the loss to the first layer.
-
-class Block(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=False)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=False)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
-        return x + self.mlp(self.ln_2(x))
-
-
-# 3e. The GPT: token embedding + position embedding -> n_layer blocks -> LayerNorm -> logits.
-# An embedding is a learned table: character id i -> row i of wte (V x C), position t -> row t of
-# wpe (block_size x C); their sum says what and where each character is. lm_head maps the final
-# vectors to one logit per character of the vocabulary. It shares its matrix with wte ("weight
-# tying"): reading a character in and writing it out use the same vectors, which saves parameters
-# and learns faster.
-
-class GPT(nn.Module):
-    def __init__(self, cfg, vocab_size):
-        super().__init__()
-        self.block_size = cfg.block_size
-        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=False)
-        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight
-        # GPT-2 initialisation: weights ~ N(0, 0.02). Each block adds two outputs to the residual
-        # stream, so its variance grows with depth; the projections that write into it start
-        # smaller, std 0.02 / sqrt(2 * n_layer), to keep the sum's scale fixed.
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith("c_proj.weight") else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
-
-    def forward(self, idx, targets=None, caches=None):
-        """idx: (B, T) ids. Returns logits (B, T, V) and, given targets, the mean cross-entropy.
-        caches (sampling only): one KVCache per block; idx then continues the cached characters."""
-        B, T = idx.shape
-        start = 0 if caches is None or caches[0].k is None else caches[0].k.size(2)  # characters cached
-        if start + T > self.block_size:
-            raise ValueError(f"{start + T} positions, but the model knows only block_size={self.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))                          # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i])
-        logits = self.lm_head(self.ln_f(x))                                   # (B, T, V)
-        if targets is None:
-            return logits, None
-        # loss = -mean over positions of log p(next character | the characters up to it)
-        loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
-        return logits, loss
-
-    @torch.no_grad()
-    def attention_maps(self, idx):
-        """Attention weights of every layer for input idx: a list of (B, n_head, T, T) tensors."""
-        attns = [block.attn for block in self.blocks]
-        was_training = self.training
-        self.eval()
-        for a in attns:
-            a.keep_weights = True
-        try:
-            self.forward(idx)
-            return [a.attn_weights for a in attns]
-        finally:
-            for a in attns:
-                a.keep_weights, a.attn_weights = False, None
-            self.train(was_training)
-
-
-def count_params(model):
-    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
-
-
-# -----------------------------------------------------------------------------
-# 4. Training
-# -----------------------------------------------------------------------------
-# 4a. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
-# the budget (counted in iterations or in seconds, whichever ends first, so a 5-minute run decays
-# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (the first steps
-# rest on poor running averages of the gradient, so they should be small):
-#   lr = [min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2] * min(1, (it + 1) / warmup_iters)
-
-def get_lr(it, progress, cfg):
-    cosine = cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return cosine * min(1.0, (it + 1) / cfg.warmup_iters) if cfg.warmup_iters else cosine
-
-
-def budget_progress(it, elapsed, cfg):
-    by_iters = it / cfg.max_iters if cfg.max_iters else 0.0
-    by_time = elapsed / cfg.max_seconds if cfg.max_seconds else 0.0
-    return max(by_iters, by_time)
-
-
-# 4b. Precision: which number format the matmuls of a training step run in. Decided once, here, for
-# the forward and backward passes and for the optimizer's own matmuls (Muon's, below) alike.
-#   float32   23 stored mantissa bits: exact enough for everything, the baseline speed.
-#   bfloat16  float32's range with 7 stored mantissa bits: 2-4x faster where the hardware has it
-#             (GPUs from Ampere on; CPUs with AVX512-BF16 or AMX), and ~50x SLOWER where it does not
-#             (a CPU with only AVX2 emulates it: measured 1.1 ms vs 52 ms for a 512x128 @ 128x512 product).
-#   float16   10 stored mantissa bits but a narrow range (max 65504): fast on the tensor cores of
-#             GPUs before Ampere, which only emulate bfloat16; needs loss scaling (section 4d).
-# autocast runs the matmuls in the chosen format and keeps sums, LayerNorm and the loss in float32.
-# The one exception: on a CPU, torch's attention kernel is slow in bfloat16, so attention stays in
-# float32 there (CausalSelfAttention.fused_attention).
-
-def choose_dtype(device_type, cpu_fast_bf16=False, cuda_capability=None):
-    """The precision policy, a pure function of the hardware: (dtype, why). cuda_capability is the
-    GPU's (major, minor) compute capability: 8.0 is Ampere (A100), 7.x Volta/Turing (V100, T4)."""
-    if device_type == "cuda":
-        if cuda_capability >= (8, 0):
-            return "bfloat16", "this GPU (Ampere or later) has fast bfloat16"
-        if cuda_capability >= (7, 0):
-            return "float16", "this GPU is older than Ampere: no fast bfloat16, float16 on its tensor cores"
-        return "float32", "this GPU has no tensor cores"
-    if device_type == "mps":
-        return "float32", "Apple GPUs: float32, the format every one of them runs at full speed"
-    if cpu_fast_bf16:
-        return "bfloat16", "this CPU has fast bfloat16 (AVX512-BF16 or AMX)"
-    return "float32", "this CPU has no fast bfloat16"
-
-
-def cpu_has_fast_bf16():
-    """Whether oneDNN, torch's CPU matmul library, has bfloat16 instructions here (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN
-        return False
-
-
-def setup_precision(cfg, device):
-    """Read the hardware, apply the policy (or --dtype), and build what the training step needs:
-    (dtype name, why, autocast context, GradScaler). On a GPU, TF32 for what stays in float32."""
-    device_type = device.split(":")[0]
-    if cfg.dtype == "auto":
-        capability = torch.cuda.get_device_capability(device) if device_type == "cuda" else None
-        fast_cpu = device_type == "cpu" and cpu_has_fast_bf16()
-        dtype, why = choose_dtype(device_type, fast_cpu, capability)
-    else:
-        dtype, why = cfg.dtype, "set by --dtype"
-        if dtype == "bfloat16" and device_type == "cpu" and not cpu_has_fast_bf16():
-            why += " (this CPU has no fast bfloat16: expect it to be many times slower than float32)"
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range, 10 mantissa bits, tensor cores
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = (nullcontext() if dtype == "float32"
-                else torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
-    # float16's narrow range: scale the loss up so small gradients do not round to 0
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-    return dtype, why, autocast, scaler
-
-
-# 4c. The optimizers. AdamW, for every parameter p with gradient g, keeps running averages
-#   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2        (bias-corrected: m^, v^)
-#   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
-# so each number moves by at most about lr, whatever its gradient's scale (m^ / sqrt(v^) is +-1 when
-# every recent g agreed; noise makes it smaller, about 0.2 on average). beta2 = 0.99 (not 0.999): with
-# small batches, a shorter memory of g^2 adapts faster.
-# The blocks' weight matrices learn faster with Muon, which treats a matrix W as a matrix, not a bag
-# of numbers. It keeps a running average of W's gradient G, like AdamW's m, and looks one step ahead
-# along it (Nesterov momentum):
-#   M = mu M + (1 - mu) G   (mu = 0.95),      D = (1 - mu) G + mu M
-# and sets every singular value of D to 1: if D = U S V^T (its singular value decomposition: rotations
-# U and V, stretches S), the step is U V^T. The few directions that dominate a gradient no longer
-# drown the rest; every direction W can move in moves by the same amount.
-
-def newton_schulz(D, dtype=torch.float32, steps=5):
-    """About U V^T for D = U S V^T, from matrix products alone (no SVD, which is slow on a GPU).
-    Divide D by its norm, so every singular value s is in (0, 1]. Then, since X X^T X = U S^3 V^T, the
-    update X <- a X + b (X X^T) X + c (X X^T)^2 X keeps U and V and maps each s to
-    p(s) = a s + b s^3 + c s^5. The coefficients make p steep at 0 (slope a = 3.4: small s grow 3.4x a
-    round) yet keep s from overshooting: after five rounds every s above 0.002 of the norm lands between
-    0.68 and 1.2 (smaller ones are noise). That is not exactly 1, and it works as well."""
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = D / D.norm().clamp(min=1e-7)
-    X = X.to(dtype)                                      # the matmuls run in the policy's format (4b)
-    wide = X.size(0) <= X.size(1)
-    if not wide:
-        X = X.T                                          # work with the smaller X X^T
-    for _ in range(steps):
-        A = X @ X.T
-        B = torch.addmm(A, A, A, beta=b, alpha=c)       # b A + c A A: addmm(C, M, N) = beta C + alpha M N
-        X = torch.addmm(X, B, X, beta=a)                 # a X + B X, one rounding instead of two or three
-    return (X if wide else X.T).to(D.dtype)
-
-
-class Muon(torch.optim.Optimizer):
-    """Momentum, the Nesterov look-ahead, U V^T by Newton-Schulz, then a step scaled to AdamW's size:
-    U V^T of an m x n matrix has entries of about 1 / sqrt(max(m, n)), so the step is multiplied by
-    0.2 sqrt(max(m, n)) to give entries of about 0.2 lr, the size of a typical AdamW step: one learning
-    rate serves both. Weight decay as in AdamW: W <- W - lr weight_decay W."""
-
-    def __init__(self, params, lr, weight_decay, momentum=0.95, ns_dtype=torch.float32):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum))
-        self.ns_dtype = ns_dtype
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            lr, mu = group["lr"], group["momentum"]
-            for W in group["params"]:
-                if W.grad is None:
-                    continue
-                M = self.state[W].setdefault("momentum_buffer", torch.zeros_like(W))
-                M.lerp_(W.grad, 1 - mu)                  # M = mu M + (1 - mu) G
-                D = W.grad.lerp(M, mu)                   # D = (1 - mu) G + mu M
-                W.mul_(1 - lr * group["weight_decay"])
-                W.add_(newton_schulz(D, self.ns_dtype), alpha=-lr * 0.2 * math.sqrt(max(W.shape)))
-
-
-# Who gets what: Muon takes the matrices between hidden layers (c_attn's q, k and v together, as one
-# matrix); the embedding tables (wte, which is also lm_head, and wpe) and the LayerNorm gains stay with
-# AdamW. --optimizer=adamw, nanoGPT's choice, gives AdamW the matrices too. Weight decay,
-# p -= lr * weight_decay * p, pulls the matrices and the embedding tables toward 0, not the gains.
-
-def make_optimizers(model, cfg, ns_dtype=torch.float32):
-    """--optimizer=muon: [Muon for the blocks' weight matrices, AdamW for the embeddings and the
-    LayerNorm gains]; --optimizer=adamw: [AdamW for everything]."""
-    matrices = [p for name, p in model.named_parameters()
-                if cfg.optimizer == "muon" and name.startswith("blocks.") and p.dim() == 2]
-    in_muon = {id(p) for p in matrices}
-    rest = [p for p in model.parameters() if id(p) not in in_muon]
-    groups = [{"params": [p for p in rest if p.dim() == 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-    # fused: one kernel updates every parameter, instead of a few ops per tensor (CPU and CUDA have it)
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=fused)
-    if not matrices:
-        return [adamw]
-    return [Muon(matrices, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype), adamw]
-
-
-# 4d. One training step: forward in the policy's precision (4b), backward, clip, update. With float16
-# the GradScaler multiplies the loss by a large factor before backward (so small gradients do not
-# round to 0) and divides it out again before clipping and the update.
-
-def train_step(model, optimizers, scaler, autocast, x, y, lr, grad_clip):
-    """One step of gradient descent on one batch: forward, backward, clip, update."""
-    with autocast:
-        _, loss = model(x, y)
-    scaler.scale(loss).backward()
-    if grad_clip > 0:  # rescale the whole gradient if its norm exceeds grad_clip: no single huge step
-        for opt in optimizers:
-            scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = lr
-        scaler.step(opt)
-        opt.zero_grad(set_to_none=True)
-    scaler.update()
-    return loss
-
-
-# 4e. Evaluation: the loss on batches the model is not trained on (val) tells whether it generalises;
-# the gap to the train loss shows overfitting.
-
-@torch.no_grad()
-def estimate_loss(model, splits, cfg, device, autocast):
-    """Mean loss over eval_iters batches of each split, on the same batches every time (fixed seed),
-    so successive evaluations differ only because the model changed."""
-    model.eval()
-    out = {}
-    for name, data in splits.items():
-        g = torch.Generator().manual_seed(cfg.seed + 1)
-        losses = []
-        for _ in range(cfg.eval_iters):
-            x, y = get_batch(data, cfg.batch_size, cfg.block_size, g)
-            with autocast:
-                _, loss = model(x.to(device), y.to(device))
-            losses.append(loss.item())
-        out[name] = sum(losses) / len(losses)
-    model.train()
-    return out
-
-
-# 4f. Checkpoints and outputs. torch.save writes a pickle, and loading an arbitrary pickle can run
+# 5c. Checkpoints and outputs. torch.save writes a pickle, and loading an arbitrary pickle can run
 # code, so we store only tensors and plain Python values and load with weights_only=True. A checkpoint
 # is written to a temporary file and then renamed: the rename is atomic, so a crash mid-write keeps
 # the old one.
@@ -724,7 +853,7 @@ def plot_losses(history, path):
     fig.savefig(path, dpi=100)
 
 
-# 4g. Measuring: training seconds, tokens per second, and MFU (model FLOPs utilisation: the share of
+# 5d. Measuring: training seconds, tokens per second, and MFU (model FLOPs utilisation: the share of
 # the hardware's peak FLOP/s that the model's own arithmetic uses).
 
 def fmt_seconds(s):
@@ -784,7 +913,7 @@ class Clock:
             self.paused_for += time.perf_counter() - t
 
 
-# 4h. Several processes (torchrun): each trains on its own random batches; DistributedDataParallel
+# 5e. Several processes (torchrun): each trains on its own random batches; DistributedDataParallel
 # averages the gradients after backward, so every copy of the model takes the same step.
 
 def setup_ddp(device):
@@ -797,203 +926,154 @@ def setup_ddp(device):
     return rank, world, device
 
 
-# 4i. The training loop: evaluate every eval_interval iterations and when the budget is spent,
-# otherwise take a step; log every log_interval steps; save a checkpoint at each evaluation.
+# 5f. Setting up a run and keeping its books: the device (or one process per device under torchrun), a
+# fresh start or a resumed checkpoint, the data, model, precision and optimizers; then, around the loop
+# of section 3f, evaluation with its checkpoint, progress lines, Ctrl-C, and the outputs at the end.
 
-def train(cfg: Config, quiet=False):
-    """Train a GPT as cfg says. Returns a dict: model, itos, device, history (rows of log.csv), metrics."""
-    say = (lambda *a, **k: None) if quiet else print
+class Run:
+    """Everything the training loop (section 3f) reads and updates, built by start_run."""
+
+
+def start_run(cfg, quiet=False):
+    run = Run()
+    run.say = (lambda *a, **k: None) if quiet else print
     # -- where: one device, or one process per device under torchrun
     device = pick_device(cfg.device)
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    rank, world = 0, 1
-    if ddp:
-        rank, world, device = setup_ddp(device)
-        if rank != 0:
-            say = lambda *a, **k: None  # noqa: E731  (one process talks)
-    device_type = device.split(":")[0]
+    run.ddp = int(os.environ.get("RANK", -1)) != -1
+    run.rank, run.world = 0, 1
+    if run.ddp:
+        run.rank, run.world, device = setup_ddp(device)
+        if run.rank != 0:
+            run.say = lambda *a, **k: None  # noqa: E731  (one process talks)
+    run.device, device_type = device, device.split(":")[0]
 
     # -- what: a fresh start, or the checkpoint's model and optimizer with this run's budget and logging
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
+    run.ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(run.ckpt_path) if cfg.resume else None
     if ckpt and "optimizers" not in ckpt:  # written before Muon joined AdamW: one optimizer state
-        raise UsageError(f"{ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
+        raise UsageError(f"{run.ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
                          "train again with another --out_dir (--sample_only still works on this one)")
     if ckpt:
         for name in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "optimizer"):
             setattr(cfg, name, ckpt["config"][name])
-    cfg = fill_defaults(cfg, device_type)
-    if rank == 0:
+    run.cfg = cfg = fill_defaults(cfg, device_type)
+    if run.rank == 0:
         prepare_out_dir(cfg.out_dir)
     text = read_text(cfg.input)
-    itos = ckpt["itos"] if ckpt else build_vocab(text)
-    stoi = {c: i for i, c in enumerate(itos)}
+    run.itos = ckpt["itos"] if ckpt else build_vocab(text)
+    stoi = {c: i for i, c in enumerate(run.itos)}
     if ckpt and set(text) - set(stoi):
         raise UsageError(f"{cfg.input} has characters the checkpoint's vocabulary lacks: "
                          "resume on the text it was trained on")
     check_prompt(cfg.prompt, stoi)  # the sample comes after training: fail now, not in 5 minutes
-    train_data, val_data = split_data(text, stoi, cfg.block_size)
+    run.train_data, run.val_data = split_data(text, stoi, cfg.block_size)
 
-    torch.manual_seed(cfg.seed + rank)
-    model = GPT(cfg, len(itos)).to(device)
-    dtype, why, autocast, scaler = setup_precision(cfg, device)
-    optimizers = make_optimizers(model, cfg, ns_dtype=getattr(torch, dtype))
-    data_gen = torch.Generator().manual_seed(cfg.seed + rank)  # batches: each process its own stream
-    it, best_val, history = 0, float("inf"), []
+    torch.manual_seed(cfg.seed + run.rank)
+    run.raw_model = GPT(cfg, len(run.itos)).to(device)  # the plain module: what we save, evaluate and sample
+    dtype, why, run.autocast, run.scaler = setup_precision(cfg, device)
+    run.optimizers = make_optimizers(run.raw_model, cfg, ns_dtype=getattr(torch, dtype))
+    run.data_gen = torch.Generator().manual_seed(cfg.seed + run.rank)  # batches: each process its own stream
+    run.it, run.best_val, run.history, run.resumed_at = 0, float("inf"), [], None
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
-            opt.load_state_dict(state)
-        it, best_val, history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
-        torch.set_rng_state(ckpt["rng"])
-        data_gen.set_state(ckpt["data_rng"])
-        if ddp:  # the checkpoint holds rank 0's stream: give each process a fresh one of its own
-            data_gen.manual_seed(cfg.seed + rank + world * it)
-        if budget_progress(it, ckpt["train_seconds"], cfg) >= 1:
-            raise UsageError(f"the checkpoint has already trained {it} iterations ({ckpt['train_seconds']:.0f} s), "
-                             "the whole budget: raise --max_iters or --max_seconds to train more")
-    n_params = count_params(model)
-    raw_model = model  # the plain module: what we save, evaluate and sample from
-    if cfg.compile:
-        model = torch.compile(model)
-    if ddp:
+        resume_from(run, ckpt)
+    run.n_params = count_params(run.raw_model)
+    run.model = torch.compile(run.raw_model) if cfg.compile else run.raw_model
+    if run.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
-    say(f"{KIND}: {n_params:,} parameters, vocabulary {len(itos)}, {len(train_data):,} training characters, "
-        f"device {device}" + (f", {world} processes" if ddp else "") + f"; {dtype}: {why}")
+        run.model = DDP(run.model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
+    run.say(f"{KIND}: {run.n_params:,} parameters, vocabulary {len(run.itos)}, {len(run.train_data):,} training "
+            f"characters, device {device}" + (f", {run.world} processes" if run.ddp else "") + f"; {dtype}: {why}")
+    run.clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0, ddp=run.ddp, device=device)
+    run.tokens_per_iter = cfg.batch_size * cfg.block_size * run.world
+    run.peak = peak_flops(device)
+    run.it_start, run.it_log, run.tokens_per_s = run.it, run.it, 0.0
+    return run
 
-    clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0, ddp=ddp, device=device)  # training seconds
 
-    def checkpoint():  # everything needed to continue exactly where we are
-        if rank == 0:
-            save_checkpoint(ckpt_path, {
-                "kind": KIND, "config": asdict(cfg), "itos": itos, "iter": it, "best_val_loss": best_val,
-                "model": raw_model.state_dict(), "optimizers": [opt.state_dict() for opt in optimizers],
-                "rng": torch.get_rng_state(), "data_rng": data_gen.get_state(), "history": history,
-                "train_seconds": clock.local()})
+def resume_from(run, ckpt):
+    run.raw_model.load_state_dict(ckpt["model"])
+    for opt, state in zip(run.optimizers, ckpt["optimizers"], strict=True):
+        opt.load_state_dict(state)
+    run.it, run.best_val, run.history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
+    run.resumed_at = run.it  # that iteration was evaluated before the checkpoint was written
+    torch.set_rng_state(ckpt["rng"])
+    run.data_gen.set_state(ckpt["data_rng"])
+    if run.ddp:  # the checkpoint holds rank 0's stream: give each process a fresh one of its own
+        run.data_gen.manual_seed(run.cfg.seed + run.rank + run.world * run.it)
+    if budget_progress(run.it, ckpt["train_seconds"], run.cfg) >= 1:
+        raise UsageError(f"the checkpoint has already trained {run.it} iterations ({ckpt['train_seconds']:.0f} s), "
+                         "the whole budget: raise --max_iters or --max_seconds to train more")
 
-    # -- the loop: evaluate every eval_interval iterations and when the budget is spent, else step
-    tokens_per_iter = cfg.batch_size * cfg.block_size * world
-    peak = peak_flops(device)
-    it_start, it_log, tokens_per_s = it, it, 0.0
+
+def save_run(run):
+    """A checkpoint with everything needed to continue exactly where we are."""
+    if run.rank == 0:
+        save_checkpoint(run.ckpt_path, {
+            "kind": KIND, "config": asdict(run.cfg), "itos": run.itos, "iter": run.it,
+            "best_val_loss": run.best_val, "model": run.raw_model.state_dict(),
+            "optimizers": [opt.state_dict() for opt in run.optimizers], "rng": torch.get_rng_state(),
+            "data_rng": run.data_gen.get_state(), "history": run.history, "train_seconds": run.clock.local()})
+
+
+def check_finite(loss, it):
+    if not math.isfinite(loss):  # stop before a NaN reaches a checkpoint: the last good one stays
+        raise UsageError(f"the loss became {loss} at iteration {it}: lower --learning_rate or keep --grad_clip on")
+
+
+def evaluate_and_save(run):
+    """Evaluate (not counted as training time), print and log the losses, save a checkpoint."""
+    with run.clock.paused():
+        losses = estimate_loss(run.raw_model, {"train": run.train_data, "val": run.val_data}, run.cfg, run.device,
+                               run.autocast)
+    check_finite(losses["val"], run.it)
+    run.best_val = min(run.best_val, losses["val"])
+    run.history.append((run.it, round(losses["train"], 4), round(losses["val"], 4), round(run.clock.local(), 1),
+                        round(run.tokens_per_s)))
+    run.say(f"eval iter {run.it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    save_run(run)
+
+
+def log_progress(run, loss, lr, progress):
+    """A progress line: loss, speed, MFU on a known GPU, learning rate, time left."""
+    lossf = loss.item()  # on a GPU this waits for the step: only every log_interval
+    check_finite(lossf, run.it)
+    dt = run.clock.lap() / (run.it - run.it_log)
+    run.it_log, run.tokens_per_s = run.it, run.tokens_per_iter / dt
+    mfu = ""
+    if run.peak:
+        mfu = f" | mfu {flops_per_token(run.n_params, run.cfg) * run.tokens_per_s / run.world / run.peak:.0%}"
+    elapsed = run.clock.local()
+    left = elapsed / progress - elapsed if progress > 0 else 0.0
+    run.say(f"iter {run.it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {run.tokens_per_s:,.0f} tok/s"
+            f"{mfu} | lr {lr:.2e} | {fmt_seconds(left)} left")
+
+
+@contextmanager
+def bookkeeping(run):
+    """Around the loop: Ctrl-C saves a checkpoint first; torchrun's process group is closed at the end."""
     try:
-        while True:
-            progress = budget_progress(it, clock.elapsed(), cfg)
-            done = progress >= 1.0
-            already_evaluated = ckpt is not None and it == ckpt["iter"]
-            if (it % cfg.eval_interval == 0 and not already_evaluated) or done:
-                with clock.paused():  # evaluation is not training time
-                    losses = estimate_loss(raw_model, {"train": train_data, "val": val_data}, cfg, device, autocast)
-                if not math.isfinite(losses["val"]):  # keep the last good checkpoint
-                    raise UsageError(f"the loss became {losses['val']} at iteration {it}: "
-                                     "lower --learning_rate or keep --grad_clip on")
-                best_val = min(best_val, losses["val"])
-                history.append((it, round(losses["train"], 4), round(losses["val"], 4), round(clock.local(), 1),
-                                round(tokens_per_s)))
-                say(f"eval iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                checkpoint()
-            if done:
-                break
-            lr = get_lr(it, progress, cfg)
-            x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, data_gen)
-            loss = train_step(model, optimizers, scaler, autocast, x.to(device), y.to(device), lr, cfg.grad_clip)
-            it += 1
-            if it % cfg.log_interval == 0:
-                lossf = loss.item()  # on a GPU this waits for the step: only every log_interval
-                if not math.isfinite(lossf):
-                    raise UsageError(f"the loss became {lossf} at iteration {it}: "
-                                     "lower --learning_rate or keep --grad_clip on")
-                dt = clock.lap() / (it - it_log)
-                it_log, tokens_per_s = it, tokens_per_iter / dt
-                mfu = f" | mfu {flops_per_token(n_params, cfg) * tokens_per_s / world / peak:.0%}" if peak else ""
-                elapsed = clock.local()
-                left = elapsed / progress - elapsed if progress > 0 else 0.0
-                say(f"iter {it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {tokens_per_s:,.0f} tok/s"
-                    f"{mfu} | lr {lr:.2e} | {fmt_seconds(left)} left")
+        yield
     except KeyboardInterrupt:
-        checkpoint()
-        say(f"\ninterrupted at iteration {it}: checkpoint saved to {ckpt_path} (continue with --resume)")
+        save_run(run)
+        run.say(f"\ninterrupted at iteration {run.it}: checkpoint saved to {run.ckpt_path} (continue with --resume)")
         raise
     finally:
-        if ddp:
+        if run.ddp:
             torch.distributed.destroy_process_group()
 
-    this_run = clock.local() - clock.offset
-    metrics = {"best_val_loss": best_val, "final_val_loss": history[-1][2], "iters": it,
-               "train_seconds": round(clock.local(), 1),
-               "tokens_per_second": round((it - it_start) * tokens_per_iter / max(this_run, 1e-9)),
-               "params": n_params, "device": device, "config": asdict(cfg)}
-    if rank == 0:
-        write_outputs(cfg.out_dir, history, metrics)
-        say(f"best val loss {best_val:.4f}; wrote {cfg.out_dir}/ckpt.pt, log.csv, metrics.json, loss.png")
-    return {"model": raw_model, "itos": itos, "device": device, "history": history, "metrics": metrics,
-            "rank": rank}
 
-
-# -----------------------------------------------------------------------------
-# 5. Sampling
-# -----------------------------------------------------------------------------
-# To sample, turn the last position's logits into probabilities p = softmax(logits / temperature),
-# optionally keep only the top_k most likely characters, draw one, append it, and repeat.
-# Without a cache, each new character re-runs the whole window. With a key/value cache, each layer
-# keeps the keys and values it already computed, so a new character costs one position's forward.
-# Our position embeddings are absolute (0..block_size-1), so the cache cannot simply slide: when it
-# is full, we crop the text to its last block_size // 2 characters and recompute the cache from
-# them (one half-window forward per block_size // 2 new characters).
-
-class KVCache:
-    """The keys and values one attention layer has computed so far, so sampling can skip them."""
-
-    def __init__(self):
-        self.k = self.v = None
-
-    def extend(self, k, v):
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
-
-
-def sample_next(logits, temperature, top_k, generator=None):
-    """logits: (B, V) -> ids (B, 1). temperature 0 means greedy (always the most likely)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits.float(), dim=-1).cpu()  # draw on the CPU: one generator for every device
-    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
-
-
-@torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=None, generator=None):
-    """Continue idx (B, T) by max_new_tokens ids, with a key/value cache. on_token(ids) sees each step."""
-    model.eval()
-    T = model.block_size
-    context = idx[:, -T:]
-    caches = [KVCache() for _ in model.blocks]
-    logits, _ = model(context, caches=caches)                # prefill: the whole prompt at once
-    for _ in range(max_new_tokens):
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
-        idx = torch.cat([idx, nxt], dim=1)
-        if on_token:
-            on_token(nxt)
-        if caches[0].k.size(2) < T:                          # room left: feed one character
-            logits, _ = model(nxt, caches=caches)
-        else:                                                # full: crop and recompute
-            caches = [KVCache() for _ in model.blocks]
-            logits, _ = model(idx[:, -max(1, T // 2):], caches=caches)
-    return idx
-
-
-@torch.no_grad()
-def generate_naive(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-    """The same sampling without a cache: every step re-runs the last block_size characters."""
-    model.eval()
-    for _ in range(max_new_tokens):
-        logits, _ = model(idx[:, -model.block_size:])
-        idx = torch.cat([idx, sample_next(logits[:, -1, :], temperature, top_k, generator)], dim=1)
-    return idx
+def finish_run(run):
+    """metrics.json, log.csv and loss.png; returns what the caller samples from."""
+    this_run = run.clock.local() - run.clock.offset
+    metrics = {"best_val_loss": run.best_val, "final_val_loss": run.history[-1][2], "iters": run.it,
+               "train_seconds": round(run.clock.local(), 1),
+               "tokens_per_second": round((run.it - run.it_start) * run.tokens_per_iter / max(this_run, 1e-9)),
+               "params": run.n_params, "device": run.device, "config": asdict(run.cfg)}
+    if run.rank == 0:
+        write_outputs(run.cfg.out_dir, run.history, metrics)
+        run.say(f"best val loss {run.best_val:.4f}; wrote {run.cfg.out_dir}/ckpt.pt, log.csv, metrics.json, loss.png")
+    return {"model": run.raw_model, "itos": run.itos, "device": run.device, "history": run.history,
+            "metrics": metrics, "rank": run.rank}
 
 
 def load_model(out_dir, device="cpu"):
@@ -1025,9 +1105,7 @@ def print_samples(model, itos, cfg, device):
         print()
 
 
-# -----------------------------------------------------------------------------
-# 6. Main
-# -----------------------------------------------------------------------------
+# 5g. Main: check the torch version, read the flags, train (or only sample), then sample.
 
 MIN_TORCH = (2, 4)  # the oldest torch this file was tested with (requirements.txt says the same)
 

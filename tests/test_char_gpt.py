@@ -41,7 +41,7 @@ def test_attention_with_cached_keys_masks_only_the_future():
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 3, 7, 4, generator=g, dtype=torch.float64) for _ in range(3))
     full, full_w = cg.attention(q, k, v)
-    part, part_w = cg.attention(q[:, :, 4:], k, v)
+    part, part_w = cg.attention_after_cache(q[:, :, 4:], k, v)
     torch.testing.assert_close(part, full[:, :, 4:])
     torch.testing.assert_close(part_w, full_w[:, :, 4:])
 
@@ -56,16 +56,38 @@ def test_attention_weights_match_a_loop_over_positions():
         torch.testing.assert_close(weights[0, 0, t, : t + 1], torch.softmax(scores, 0))
 
 
-def test_model_gives_the_same_logits_by_hand_and_fast():
+def test_attention_maps_run_the_model_by_hand_and_give_its_logits():
+    """attention_maps runs the blocks with the written-out attention: its final stream, through ln_f and
+    lm_head, gives the fused model's logits; and its weights are causal rows that sum to 1."""
     model = tiny_model()
     idx = torch.randint(20, (2, 24))
     fast, _ = model(idx)
-    maps = model.attention_maps(idx)
-    for block in model.blocks:
-        block.attn.keep_weights = True
-    by_hand, _ = model(idx)
-    torch.testing.assert_close(by_hand, fast, rtol=1e-5, atol=1e-5)
+    streams = []
+    hook = model.ln_f.register_forward_pre_hook(lambda m, args: streams.append(args[0]))
+    model(idx)
+    hook.remove()
+    maps = cg.attention_maps(model, idx)
     assert len(maps) == 2 and maps[0].shape == (2, 4, 24, 24)
+    for w in maps:
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 24))
+        assert torch.all(w.triu(diagonal=1) == 0)
+    # the same blocks by hand, layer by layer, agree with the fused path at the last stream
+    x = model.wte(idx) + model.wpe(torch.arange(24))
+    for block in model.blocks:
+        y, _ = cg.attention(*block.attn.heads(block.ln_1(x)))
+        x = x + block.attn.merge(y)
+        x = x + block.mlp(block.ln_2(x))
+    torch.testing.assert_close(x, streams[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.lm_head(model.ln_f(x)), fast, rtol=1e-5, atol=1e-5)
+
+
+def test_one_new_query_after_a_cache_sees_every_key_as_the_fast_path_assumes():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 1, 4, generator=g), torch.randn(1, 2, 6, 4, generator=g),
+               torch.randn(1, 2, 6, 4, generator=g))
+    out, weights = cg.attention_after_cache(q, k, v)
+    assert torch.all(weights > 0)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-6, atol=1e-6)
 
 
 def test_bfloat16_autocast_on_cpu_stays_close_to_float32():
