@@ -7,6 +7,7 @@ What you will learn, in reading order:
   Part 3  the same math vectorised with NumPy: a layer is a matrix product, the backward pass is written out
           by hand, with MSE and cross-entropy losses and the optimizers SGD (momentum), RMSprop and Adam.
   Part 4  a demo: the Value-MLP learns the two-moons set, the NumPy MLP learns a 3-class spiral.
+  Part 5  running it: the command line (nothing new to learn there).
 
 Run:   python micrograd.py           both demos (well under a minute on 2 CPU cores)
        python micrograd.py --plot    also save decision-boundary plots to out/micrograd/
@@ -24,7 +25,6 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,29 +32,23 @@ import numpy as np
 # -----------------------------------------------------------------------------
 # Part 1: the engine
 # -----------------------------------------------------------------------------
-# A Value holds one number, `data`. Every operation on Values makes a new Value that remembers its inputs
-# (`_prev`) and the local derivative of its result with respect to each input (`_local_grads`), computed right
-# there in the forward pass, next to the forward formula. After `out.backward()`, each Value's `grad` holds
-# d out / d value, by the chain rule: d out/d x = sum over the nodes n that use x of (d out/d n) * (d n/d x).
+# The idea: a Value is a number that remembers how it was computed. `c = a * b` makes a new Value c that keeps
+# its inputs (a, b) and, right there beside the forward formula, the local derivatives dc/da = b and dc/db = a.
+# A whole computation becomes a graph of such nodes, from the inputs up to one output L.
 #
-# What we traded for speed. The classic design (a version for comparison is in benchmarks/bench_micrograd.py)
-# gives each node a small closure that pushes its gradient to its inputs. Here a node stores its local
-# derivatives as plain numbers and one loop in `backward()` does the pushing for every node: no closure is
-# allocated per operation and no function is called per node on the way back. `__slots__` drops each node's
-# attribute dictionary (so a Value takes no attributes beyond the six listed). The cost: an op's backward rule
-# must be "one number per input", which holds for every op here, and local derivatives are computed even when
-# no backward pass follows. Measured on the moons workload, most of the gain comes from Python's cycle
-# collector (see `cycle_collector_paused` below); the per-node work alone is about 1.4x smaller.
+# `L.backward()` then walks the graph from L back to the inputs and fills in each Value's `grad` with dL/d(value),
+# by the chain rule: if x is used by the nodes n1, n2, ..., then
+#   dL/dx = sum over those n of  dL/dn * dn/dx       (dL/dn: found before x is reached;  dn/dx: stored by n)
 
 
 class Value:
     """One scalar in a computation graph: its number, its gradient, and how it was made."""
 
-    __slots__ = ("data", "grad", "_prev", "_local_grads", "_op", "label")
+    __slots__ = ("data", "grad", "_prev", "_local_grads", "_op", "label")  # these six only: no per-node dict
 
     def __init__(self, data, _prev=(), _local_grads=(), _op="", label=""):
         self.data = data
-        self.grad = 0.0  # d(output)/d(this Value), filled in by backward()
+        self.grad = 0.0  # dL/d(this Value), filled in by backward()
         self._prev = _prev  # the Values this one was computed from
         self._local_grads = _local_grads  # d(this)/d(input) for each input in _prev, same order
         self._op = _op  # name of the operation that made it, shown by trace_graph()
@@ -138,7 +132,8 @@ class Value:
     def __rtruediv__(self, other):  # n / a = a^-1 * n
         return self**-1 * other
 
-    # The backward pass.
+    # The backward pass. The chain rule at x needs dL/dn complete for every node n that uses x, so the nodes
+    # are visited in reverse "topological order": an order in which every node comes after all of its inputs.
 
     def topological_order(self):
         """Every Value this one depends on, itself last, each listed after all of its inputs."""
@@ -160,33 +155,13 @@ class Value:
         return order
 
     def backward(self):
-        """Add d(self)/d(v) to v.grad for every Value v in the graph below self."""
-        self.grad = 1.0  # d self/d self
-        # From the output back to the inputs. When a node comes up, every node that uses it has already
-        # been processed, so its grad is complete; push it to its inputs with the chain rule. `+=`, because a
-        # Value used twice (x * x, a weight shared by two paths) gets one contribution per use.
+        """Called on the output L: add dL/dv to v.grad for every Value v in the graph below L."""
+        self.grad = 1.0  # dL/dL
+        # `+=` below, because a Value used twice (x * x, a weight shared by two paths) gets one term per use.
         for node in reversed(self.topological_order()):
-            grad = node.grad  # d self/d node, complete at this point
+            grad = node.grad  # dL/d node: every user of node came earlier, so this sum is complete
             for child, local_grad in zip(node._prev, node._local_grads, strict=True):
-                child.grad += local_grad * grad  # chain rule: d self/d child += d self/d node * d node/d child
-
-
-@contextmanager
-def cycle_collector_paused():
-    """Switch off Python's cycle collector inside a `with` block (a training loop that builds big graphs)."""
-    # Python frees an object when its reference count drops to 0, and separately runs a cycle collector
-    # that every few hundred allocations walks the live objects looking for reference cycles. A Value graph
-    # has no cycles (a node points only at its inputs), so reference counting alone frees each step's graph;
-    # the collector only re-walks tens of thousands of live nodes for nothing, which made building the moons
-    # graph ~5x slower. (The classic closure design does have cycles, node -> closure -> node, so it needs
-    # the collector, and pausing it there would pile up every step's graph in memory.)
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+                child.grad += grad * local_grad  # dL/d child += dL/d node * d node/d child
 
 
 def trace_graph(root):
@@ -198,6 +173,35 @@ def trace_graph(root):
         made_from = f"{node._op}({', '.join(names[child] for child in node._prev)})" if node._op else "leaf"
         lines.append(f"{names[node]:>4} = {made_from:<16} data={node.data: .4f}   grad={node.grad: .4f}")
     return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# Aside: why this engine is fast (a reader may skip it)
+# -----------------------------------------------------------------------------
+# The classic design (benchmarks/bench_micrograd.py has a copy to compare against) gives each node a closure
+# that pushes its gradient to its inputs. Here a node stores its local derivatives as plain numbers and the one
+# loop in backward() does the pushing: no closure allocated per op, no function call per node on the way back,
+# and `__slots__` drops each node's attribute dict. The cost: every op's backward rule must be "one number per
+# input" (true here), and local derivatives are computed even when no backward pass follows. That makes the
+# per-node work only about 1.4x smaller; on the moons workload most of the gain comes from Python's cycle
+# collector. Python frees an object when its reference count drops to 0; separately, every few hundred
+# allocations, the collector walks the live objects looking for reference cycles. A Value graph has none (a
+# node points only at its inputs), so reference counting alone frees each step's graph, and the collector's
+# re-walks of tens of thousands of live nodes, which made building the moons graph ~5x slower, are wasted:
+# training pauses it. (The classic design has cycles, node -> closure -> node: it needs the collector, and
+# pausing it there would pile up every step's graph in memory.)
+
+
+@contextmanager
+def cycle_collector_paused():
+    """Switch off Python's cycle collector inside a `with` block (a training loop that builds big graphs)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # -----------------------------------------------------------------------------
@@ -272,6 +276,7 @@ class Neuron(Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         # Random starting weights break the symmetry: neurons that start equal get equal gradients forever.
+        # (MLP passes rng = random.Random(seed), so one seed fixes every weight.)
         self.w = [Value(rng.uniform(-1.0, 1.0), label="w") for _ in range(nin)]
         self.b = Value(0.0, label="b")
         self.activation = activation
@@ -314,7 +319,7 @@ class MLP(Module):
     def __call__(self, x):
         for layer in self.layers:
             x = layer(x)
-        return x[0] if len(x) == 1 else x
+        return x[0] if len(x) == 1 else x  # one output: the Value itself, ready for loss arithmetic
 
     def parameters(self):
         return [p for layer in self.layers for p in layer.parameters()]
@@ -392,6 +397,7 @@ class NumpyMLP:
 
     def backward(self, d_out):
         """d_out = dL/d(output) of the last forward(); returns dL/dp for each p in self.params."""
+        # Layer by layer from the top: the four chain-rule lines in Part 3's opening comment.
         grads = [None] * len(self.params)
         dH = d_out
         for i in reversed(range(len(self.cache))):
@@ -413,6 +419,8 @@ def cross_entropy_loss(logits, labels):
     """L = mean over examples of -log softmax(logits)[label].
 
     Returns L and dL/dlogits = (softmax(logits) - onehot(labels)) / batch."""
+    # Why that gradient: for one example with logits z and label y, L = -z_y + ln sum_j e^(z_j), so
+    # dL/dz_j = e^(z_j) / sum_k e^(z_k) - [j = y] = softmax(z)_j - onehot(y)_j; the mean divides by batch.
     n = len(labels)
     shifted = logits - logits.max(axis=1, keepdims=True)  # the same softmax, but exp cannot overflow
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (batch, classes)
@@ -543,16 +551,17 @@ def train_moons(X, y, steps=100, hidden=(16, 16), l2=1e-4, seed=0, log_every=0):
     with cycle_collector_paused():
         for step in range(steps):
             scores = [model(x) for x in inputs]
-            # hinge loss: max(0, 1 - y * score) is 0 once a point is on its side by a margin of 1
+            # loss = mean_i max(0, 1 - y_i score_i) + l2 * sum_p p^2
+            # The hinge term is 0 once a point is on its side by a margin of 1; the L2 penalty keeps the
+            # weights small, the boundary smooth.
             margins = [(1.0 - s * score).relu() for s, score in zip(signs, scores, strict=True)]
             data_loss = sum(margins) * (1.0 / n)
-            # L2 penalty: small weights, smoother boundary
             loss = data_loss + l2 * sum(p * p for p in params)
             model.zero_grad()
             loss.backward()
             lr = 1.0 - 0.9 * step / steps  # decays linearly from 1.0 towards 0.1
             for p in params:
-                p.data -= lr * p.grad
+                p.data -= lr * p.grad  # gradient descent: p = p - lr dL/dp
             correct = [(score.data > 0) == (s > 0) for s, score in zip(signs, scores, strict=True)]
             accuracy = sum(correct) / n
             history["loss"].append(loss.data)
@@ -617,62 +626,45 @@ def plot_decision_boundary(predict, X, y, path=None, title="", ax=None):
 
 
 # -----------------------------------------------------------------------------
-# Part 4b: the command line
+# Part 5: running it (the command line; nothing new to learn here)
 # -----------------------------------------------------------------------------
 
 
-@dataclass
-class Config:
-    seed: int = 0  # data and initial weights
-    moons_steps: int = 100  # SGD steps for the Value-MLP on two moons
-    spiral_steps: int = 1000  # optimizer steps for the NumPy MLP on the spiral
-    activation: str = "relu"  # hidden activation of the NumPy MLP
-    optimizer: str = "adam"  # optimizer of the NumPy MLP
-    plot: bool = False  # save decision-boundary plots
-    out_dir: str = "out/micrograd"  # where the plots go
-
-
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, except that bad input gives one line on stderr (and exit code 2) instead of a usage block."""
-
-    def error(self, message):
+    def error(self, message):  # bad input: one line on stderr and exit code 2, not argparse's usage block
         self.exit(2, f"error: {message} (see --help)\n")
 
 
 def positive_int(text):
     try:
-        value = int(text)
+        if int(text) >= 1:
+            return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        pass
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
 
 
 def parse_args(argv=None):
-    d = Config()
-    parser = OneLineErrorParser(
-        prog="micrograd.py",
-        description="Train a Value-MLP on two moons and a NumPy MLP on a 3-class spiral.",
-    )
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"data and weights (default {d.seed})")
-    parser.add_argument("--moons-steps", type=positive_int, default=d.moons_steps,
-                        help=f"SGD steps for the Value-MLP on two moons (default {d.moons_steps})")
-    parser.add_argument("--spiral-steps", type=positive_int, default=d.spiral_steps,
-                        help=f"optimizer steps for the NumPy MLP on the spiral (default {d.spiral_steps})")
-    parser.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], default=d.activation,
-                        help=f"hidden activation of the NumPy MLP (default {d.activation})")
-    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default=d.optimizer,
-                        help=f"optimizer of the NumPy MLP (default {d.optimizer}; sgd uses momentum 0.9)")
-    parser.add_argument("--plot", action="store_true", help="save decision-boundary PNGs to --out-dir")
-    parser.add_argument("--out-dir", default=d.out_dir, help=f"folder for the plots (default {d.out_dir})")
-    return Config(**vars(parser.parse_args(argv)))
+    p = OneLineErrorParser(prog="micrograd.py",
+                           description="Train a Value-MLP on two moons and a NumPy MLP on a 3-class spiral.")
+    p.add_argument("--seed", type=int, default=0, help="data and weights (default %(default)s)")
+    p.add_argument("--moons-steps", type=positive_int, default=100,
+                   help="SGD steps for the Value-MLP on two moons (default %(default)s)")
+    p.add_argument("--spiral-steps", type=positive_int, default=1000,
+                   help="optimizer steps for the NumPy MLP on the spiral (default %(default)s)")
+    p.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], default="relu",
+                   help="hidden activation of the NumPy MLP (default %(default)s)")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
+                   help="optimizer of the NumPy MLP (default %(default)s; sgd uses momentum 0.9)")
+    p.add_argument("--plot", action="store_true", help="save decision-boundary PNGs to --out-dir")
+    p.add_argument("--out-dir", default="out/micrograd", help="folder for the plots (default %(default)s)")
+    return p.parse_args(argv)
 
 
 def main(argv=None):
-    cfg = parse_args(argv)
-    out = Path(cfg.out_dir)
-    if cfg.plot:
+    args = parse_args(argv)
+    out = Path(args.out_dir)
+    if args.plot:
         try:  # before training, so a bad --out-dir fails at once
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -684,22 +676,22 @@ def main(argv=None):
     print(trace_graph(J))
     print(f"dJ/dw: engine {w.grad:.4f}, chain rule by hand {worked_example_by_hand():.4f}\n")
 
-    print(f"Value-MLP(2, [16, 16, 1]) on two moons: 100 points, hinge loss + L2, {cfg.moons_steps} SGD steps")
-    moons_X, moons_y = make_moons(100, 0.1, cfg.seed)
-    moons_model, _ = train_moons(moons_X, moons_y, cfg.moons_steps, seed=cfg.seed, log_every=10)
+    print(f"Value-MLP(2, [16, 16, 1]) on two moons: 100 points, hinge loss + L2, {args.moons_steps} SGD steps")
+    moons_X, moons_y = make_moons(100, 0.1, args.seed)
+    moons_model, _ = train_moons(moons_X, moons_y, args.moons_steps, seed=args.seed, log_every=10)
     moons_accuracy = value_mlp_accuracy(moons_model, moons_X, moons_y)
 
-    print(f"\nNumPy MLP(2, [100, 3]), {cfg.activation}, on the spiral: 300 points, 3 classes, "
-          f"cross-entropy, {cfg.optimizer}, {cfg.spiral_steps} steps")
-    spiral_X, spiral_y = make_spiral(100, 3, cfg.seed)
-    spiral_model, _ = train_numpy_mlp(spiral_X, spiral_y, cfg.spiral_steps, cfg.activation, cfg.optimizer,
-                                      seed=cfg.seed, log_every=max(1, cfg.spiral_steps // 10))
+    print(f"\nNumPy MLP(2, [100, 3]), {args.activation}, on the spiral: 300 points, 3 classes, "
+          f"cross-entropy, {args.optimizer}, {args.spiral_steps} steps")
+    spiral_X, spiral_y = make_spiral(100, 3, args.seed)
+    spiral_model, _ = train_numpy_mlp(spiral_X, spiral_y, args.spiral_steps, args.activation, args.optimizer,
+                                      seed=args.seed, log_every=max(1, args.spiral_steps // 10))
     spiral_accuracy = numpy_mlp_accuracy(spiral_model, spiral_X, spiral_y)
 
     print(f"\nfinal training accuracy: moons (Value-MLP) {moons_accuracy:.1%}, spiral (NumPy MLP) "
           f"{spiral_accuracy:.1%}   [{time.perf_counter() - start:.1f} s]")
 
-    if cfg.plot:
+    if args.plot:
         # the Value-MLP is evaluated on 40,000 grid points through its NumPy twin: same weights, same function
         moons_twin = value_mlp_to_numpy(moons_model)
         plot_decision_boundary(lambda P: (moons_twin.forward(P)[:, 0] > 0).astype(int), moons_X, moons_y,
