@@ -4,19 +4,25 @@ A recurrent network reads text one character at a time and carries a hidden stat
 to the next: h is all it remembers of the past, and from h it predicts the next character.
 
 What you will learn, in this order:
-  1. configuration: every knob in one dataclass, filled from the command line;
-  2. data: a vocabulary of characters, encode/decode, a 90/10 train/val split, and the char-rnn way of
+  1. data: a vocabulary of characters, encode/decode, a 90/10 train/val split, and the char-rnn way of
      batching: batch_size parallel streams read through the text in consecutive chunks;
-  3. the cells, each written out from its equations: the vanilla RNN, the LSTM and the GRU;
-  4. the model: a character embedding, a stack of cells, a linear read-out to logits. Two
+  2. the cells, each written out from its equations: the vanilla RNN, the LSTM and the GRU;
+  3. backpropagation through time by hand, for the vanilla RNN: the gradient walks backward over a
+     chunk one step at a time (a test checks it against torch's autograd);
+  4. the model: a character embedding, a stack of cells, a linear read-out to logits, and the loss. Two
      implementations of the same function: our cells in a Python loop over time (--impl=scratch), and
-     torch's fused nn.RNN / nn.LSTM / nn.GRU (--impl=fused, one oneDNN or cuDNN kernel); they share
-     the same parameters, so one checkpoint loads into either, and a test checks they agree;
-  5. training: truncated backpropagation through time (the hidden state is carried from chunk to chunk
-     but gradients stop at the chunk's edge), gradient clipping, AdamW with a learning rate
-     that warms up and then decays over a time budget, evaluation, checkpoints that survive a crash or
-     Ctrl-C;
-  6. sampling: prime the hidden state on a prompt, then feed back one sampled character at a time.
+     torch's fused nn.RNN / nn.LSTM / nn.GRU (--impl=fused); they share the same parameters, so one
+     checkpoint loads into either, and a test checks they agree;
+  5. training: one step of truncated backpropagation through time (the hidden state is carried from
+     chunk to chunk but gradients stop at the chunk's edge) with gradient clipping, a learning rate
+     that warms up and then decays over a time budget, AdamW, evaluation;
+  6. sampling: prime the hidden state on a prompt, then feed back one sampled character at a time;
+  7. running it: the command line, checks, checkpoints that survive a crash or Ctrl-C, the training
+     loop's bookkeeping. Machinery; skip it on a first read.
+`cfg` below is a Config (section 7a): model (rnn, lstm or gru), impl (scratch or fused), n_layer, n_embd
+(the width H of the embedding and of every hidden state), block_size (the chunk length T), batch_size
+(the number of streams B), dropout, learning_rate, min_lr, warmup_iters, weight_decay, grad_clip and
+eval_iters, each with its default and its meaning side by side.
 
 Run it:
   python char_rnn.py                                  # train an LSTM on input.txt, then print a sample
@@ -36,205 +42,14 @@ import sys
 import time
 import typing
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
-# 1. Configuration
-# -----------------------------------------------------------------------------
-# A default of None means "chosen for the device": a laptop CPU and a GPU want different models.
-# The CPU defaults are the best we measured for five minutes on 2 cores (README, "Results").
-
-KIND = "char_rnn"  # written into checkpoints, so char_gpt.py's checkpoints are told apart
-
-
-class UsageError(Exception):
-    """A problem with the input or the flags: reported as one line, without a traceback."""
-
-
-@dataclass
-class Config:
-    # I/O
-    input: str = "input.txt"
-    out_dir: str = "out/char_rnn"
-    device: str = "auto"
-    seed: int = 1337
-    # how long to train: whichever limit comes first (no limit set: --max_seconds for the device)
-    max_iters: int | None = None
-    max_seconds: float | None = None
-    eval_interval: int | None = None
-    eval_iters: int = 20
-    log_interval: int = 50
-    # data and model
-    model: str = "lstm"
-    impl: str | None = None
-    batch_size: int | None = None
-    block_size: int | None = None
-    n_layer: int | None = None
-    n_embd: int | None = None
-    dropout: float | None = None
-    # optimisation
-    optimizer: str = "adamw"
-    learning_rate: float | None = None
-    min_lr: float | None = None
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    # resuming and sampling
-    resume: bool = False
-    sample_only: bool = False
-    prompt: str = "\n"
-    max_new_tokens: int = 500
-    num_samples: int = 1
-    temperature: float = 0.8
-    top_k: int | None = None
-
-
-# The defaults of the fields left at None, per device. cpu: the best val loss we measured in a few
-# minutes on 2 cores; in 5 minutes one layer of 256 beat two layers of 256 and one of 384 or 512
-# (more steps beat more capacity at this budget). gpu (cuda or mps): a deeper, wider stack, not tuned.
-DEVICE_DEFAULTS = {
-    "cpu": dict(max_seconds=300, eval_interval=250, impl="fused", batch_size=32, block_size=64, n_layer=1,
-                n_embd=256, dropout=0.0, learning_rate=3e-3, min_lr=3e-4),
-    "gpu": dict(max_seconds=90, eval_interval=250, impl="fused", batch_size=128, block_size=128, n_layer=3,
-                n_embd=512, dropout=0.2, learning_rate=2e-3, min_lr=2e-4),
-}
-
-HELP = {
-    "input": "UTF-8 text file to learn from",
-    "out_dir": "where ckpt.pt, log.csv, metrics.json and loss.png go",
-    "device": "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps",
-    "seed": "random seed (initialisation, dropout, sampling)",
-    "max_iters": "stop after this many iterations",
-    "max_seconds": "stop after this many seconds of training (evaluation not counted); the learning rate "
-                   "decays over this budget. Used when neither limit is given",
-    "eval_interval": "evaluate train/val loss and save a checkpoint every N iterations",
-    "eval_iters": "batches averaged for each evaluated loss",
-    "log_interval": "print a progress line every N iterations",
-    "model": "the recurrent cell: rnn (vanilla, tanh), lstm or gru",
-    "impl": "scratch (our cells, a Python loop over time) or fused (torch's nn.RNN/LSTM/GRU kernel): "
-            "the same function of the same parameters; fused is the faster on cpu and gpu",
-    "batch_size": "parallel streams through the text",
-    "block_size": "characters per chunk: backpropagation through time stops at its edge",
-    "n_layer": "stacked recurrent layers",
-    "n_embd": "size of the character embedding and of every hidden state",
-    "dropout": "dropout probability between layers and before the read-out",
-    "optimizer": "adamw, the only choice here (char_gpt.py also has muon)",
-    "learning_rate": "peak learning rate",
-    "min_lr": "learning rate at the end of the cosine decay",
-    "warmup_iters": "iterations of linear warm-up from 0 to --learning_rate",
-    "weight_decay": "weight decay, applied to weight matrices and embedding tables only",
-    "grad_clip": "clip the gradient norm to this (0: off)",
-    "resume": "continue training from out_dir/ckpt.pt (its model shape and optimizer win over the flags)",
-    "sample_only": "do not train: load out_dir/ckpt.pt and print samples",
-    "prompt": "text the samples continue (it primes the hidden state)",
-    "max_new_tokens": "characters to generate per sample",
-    "num_samples": "how many samples to print",
-    "temperature": "divide the logits by this: < 1 safer, > 1 wilder",
-    "top_k": "sample only from the k most likely characters (None: all)",
-}
-
-MODELS = ("rnn", "lstm", "gru")
-IMPLS = ("scratch", "fused")
-
-
-def parse_bool(s):
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(f"{message} (see --help)")
-
-
-def flag_type(t):
-    """int -> int; int | None -> int (None is the "not given" default)."""
-    return t if isinstance(t, type) else next(a for a in typing.get_args(t) if a is not type(None))
-
-
-def parse_args(argv=None) -> Config:
-    """Flags mirror the Config fields: --name=value or --name value; a bare --resume means true."""
-    parser = OneLineParser(description=__doc__.split("\n")[0])
-    choices = {"model": MODELS, "impl": IMPLS}
-    for f in fields(Config):
-        kind = flag_type(f.type)
-        if f.name in DEVICE_DEFAULTS["cpu"]:
-            default = f"cpu {DEVICE_DEFAULTS['cpu'][f.name]}, gpu {DEVICE_DEFAULTS['gpu'][f.name]}"
-        else:
-            default = repr(f.default)
-        extra = dict(type=parse_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
-        parser.add_argument(f"--{f.name}", default=f.default, choices=choices.get(f.name),
-                            help=f"{HELP[f.name]} (default: {default})", **extra)
-    return Config(**vars(parser.parse_args(argv)))
-
-
-def pick_device(name):
-    if name != "auto" and not (name in ("cpu", "cuda", "mps") or name.startswith("cuda:")):
-        raise UsageError(f"--device={name} is not one of auto, cpu, cuda, cuda:N, mps")
-    if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"--device={name} but no CUDA GPU is visible: use --device=cpu")
-        if name == "mps" and not torch.backends.mps.is_available():
-            raise UsageError("--device=mps but MPS is not available: use --device=cpu")
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def fill_defaults(cfg: Config, device: str) -> Config:
-    """Replace each None by the default for this device, then check the sizes make sense."""
-    defaults = DEVICE_DEFAULTS["cpu" if device == "cpu" else "gpu"]
-    for name, value in defaults.items():
-        if getattr(cfg, name) is None and name != "max_seconds":
-            setattr(cfg, name, value)
-    if cfg.max_iters is None and cfg.max_seconds is None:  # --max_iters alone means: no time limit
-        cfg.max_seconds = defaults["max_seconds"]
-    cfg.min_lr = min(cfg.min_lr, cfg.learning_rate)  # a lowered --learning_rate lowers the floor too
-    check_config(cfg)
-    return cfg
-
-
-def check_config(cfg: Config):
-    """Every flag checked before any work starts: a typo should not cost a training run."""
-    for name in ("batch_size", "block_size", "n_layer", "n_embd", "eval_interval", "eval_iters", "log_interval"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"--{name}={getattr(cfg, name)} must be at least 1")
-    for name in ("max_iters", "max_seconds"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
-            raise UsageError(f"--{name}={getattr(cfg, name)} must be positive")
-    if not 0 <= cfg.dropout < 1:
-        raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
-    if cfg.learning_rate <= 0:
-        raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
-    if cfg.min_lr < 0:
-        raise UsageError(f"--min_lr={cfg.min_lr} must be at least 0")
-    if cfg.optimizer != "adamw":
-        raise UsageError(f"--optimizer={cfg.optimizer}: {KIND}.py trains with adamw only "
-                         "(Muon is char_gpt.py's, tuned for Transformer blocks)")
-    check_sample_flags(cfg)
-
-
-def check_sample_flags(cfg: Config):
-    if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
-        raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise UsageError(f"--top_k={cfg.top_k} must be at least 1")
-    if not cfg.prompt:
-        raise UsageError("--prompt is empty: the samples need at least one character to start from")
-
-
-# -----------------------------------------------------------------------------
-# 2. Data
+# 1. Data
 # -----------------------------------------------------------------------------
 # A character-level model reads text one character (Unicode code point) at a time. The vocabulary
 # is the sorted set of characters in the text; a character's id is its index in that list.
@@ -309,6 +124,8 @@ def chunks_per_pass(streams, block_size):
 
 def get_chunk(streams, k, block_size):
     """Chunk k of every stream; targets are the same characters shifted one to the left."""
+    # Why shifted: at position t the model has read characters ..t and must predict character t + 1, so
+    # one chunk of T characters (plus one) trains T predictions at once, one per position.
     start = k * block_size
     x = streams[:, start: start + block_size]                          # (B, T)
     y = streams[:, start + 1: start + block_size + 1]                  # (B, T)
@@ -316,27 +133,30 @@ def get_chunk(streams, k, block_size):
 
 
 # -----------------------------------------------------------------------------
-# 3. The cells
+# 2. The cells
 # -----------------------------------------------------------------------------
 # A cell takes one time step's input x (B, I) and the previous state, and returns the next state.
 # Every cell below computes a few "pre-activations" of the form W_ih x + b_ih + W_hh h + b_hh.
+# The equations are written as in the papers, W h with h a column vector; the code computes h @ W.T:
+# the same numbers, with h a (B, H) matrix whose rows are the batch's items, so one product serves
+# every stream at once.
 # The input half, W_ih x + b_ih, does not depend on h, so the model computes it for all time steps
 # in one big matrix product before the loop over time, and hands the cell its slice `xw` (B, G*H).
 # Only W_hh h must wait for the previous step: that sequential chain is what makes RNNs slow.
 # We keep torch's layout (two biases, gates stacked in torch's order) so the fused kernels can use
 # the very same tensors.
 
-# 3a. The vanilla RNN (Elman): the new state is a squashed mix of the input and the old state.
+# 2a. The vanilla RNN (Elman): the new state is a squashed mix of the input and the old state.
 #   h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
-# Backpropagating through T steps multiplies T Jacobians W_hh^T diag(1 - h'^2): the gradient
-# shrinks (or explodes) geometrically, so a vanilla RNN struggles to remember far back.
+# Backpropagating through T steps multiplies T Jacobians W_hh^T diag(1 - h'^2) (section 3 does it by
+# hand): the gradient shrinks (or explodes) geometrically, so a vanilla RNN struggles to remember far back.
 
 def rnn_cell(xw, h, w_hh, b_hh):
     """xw: (B, H) = W_ih x + b_ih; h: (B, H). Returns h' (B, H)."""
     return torch.tanh(xw + h @ w_hh.T + b_hh)
 
 
-# 3b. The LSTM adds a cell state c, changed only by elementwise gating, so gradients can flow along it.
+# 2b. The LSTM adds a cell state c, changed only by elementwise gating, so gradients can flow along it.
 #   i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)    input gate: how much of the candidate to write
 #   f = sigmoid(W_if x + b_if + W_hf h + b_hf)    forget gate: how much of the old c to keep
 #   g = tanh   (W_ig x + b_ig + W_hg h + b_hg)    candidate values
@@ -344,6 +164,9 @@ def rnn_cell(xw, h, w_hh, b_hh):
 #   c' = f * c + i * g
 #   h' = o * tanh(c')
 # When f is near 1 and i near 0, c passes through unchanged: a memory that lasts many steps.
+# And so does its gradient: along the cell state, dc'/dc = f, elementwise, with no product by a matrix,
+# so stepping back through time scales the gradient by f (near 1 where the cell keeps its memory)
+# instead of multiplying it by W_hh^T diag(1 - h^2) as in the vanilla RNN.
 
 def lstm_cell(xw, state, w_hh, b_hh):
     """xw: (B, 4H) = W_ih x + b_ih; state: (h, c), each (B, H). Returns (h', c')."""
@@ -356,7 +179,7 @@ def lstm_cell(xw, state, w_hh, b_hh):
     return h, c
 
 
-# 3c. The GRU: two gates and no separate cell state; h itself is interpolated between old and new.
+# 2c. The GRU: two gates and no separate cell state; h itself is interpolated between old and new.
 #   r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)          reset gate: how much of h the candidate sees
 #   z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)          update gate: how much of the old h to keep
 #   n = tanh(W_in x + b_in + r * (W_hn h + b_hn))       candidate state
@@ -374,6 +197,54 @@ def gru_cell(xw, h, w_hh, b_hh):
 
 
 CELLS = {"rnn": rnn_cell, "lstm": lstm_cell, "gru": gru_cell}
+
+
+# -----------------------------------------------------------------------------
+# 3. Backpropagation through time, by hand
+# -----------------------------------------------------------------------------
+# Training calls loss.backward() and lets autograd find the gradients. Here is what it computes, for
+# one layer of the vanilla RNN over one chunk. Unrolled over the chunk's T steps, the RNN is a
+# T-layer network whose layers all share the same weights:
+#   a_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh,    h_t = tanh(a_t),    t = 1..T, from the carried h_0
+# h_t reaches the loss by two roads: straight up (the read-out, or the layer above, hands us
+# dh_out_t = dL/dh_t) and through the next step's h_{t+1}. So we walk backward from the last step,
+# carrying dh_next, the gradient that arrives at h_t from step t + 1 (zero after the last step).
+# In the code's layout (rows are batch items, section 2), at each step t = T..1:
+#   da_t    = (dh_out_t + dh_next) * (1 - h_t^2)      tanh'(a) = 1 - tanh(a)^2 = 1 - h_t^2
+#   dW_hh  += da_t^T h_{t-1},   db_hh += da_t summed over the batch   (one W_hh at every step: sum)
+#   dh_next = da_t W_hh                               the gradient for h_{t-1}
+# The input half was one product over all steps, and so is its gradient, after the walk:
+#   dx = da W_ih,   dW_ih = sum over t of da_t^T x_t,   db_ih = da summed over batch and time.
+# After step 1, dh_next is dh_0: the gradient for the state carried in from the previous chunk.
+# Truncated backpropagation through time simply stops this walk at the chunk's edge: dh_0 is dropped
+# (detach_hidden, section 4), so a chunk's loss never reaches the steps of earlier chunks.
+# Each step back multiplies the gradient by diag(1 - h^2) and W_hh: over many steps it shrinks or
+# grows geometrically. Clipping (section 5a) caps the growth; the LSTM's cell state avoids the shrinking.
+
+@torch.no_grad()  # by hand: autograd is not used here
+def rnn_bptt(x, h0, w_ih, b_ih, w_hh, b_hh, dh_out):
+    """One vanilla RNN layer over one chunk: forward, then backward by hand.
+    x: (B, T, I) inputs; h0: (B, H) the carried state; dh_out: (B, T, H) = dL/dh_t from above, every t.
+    Returns the gradients (dx, dw_ih, db_ih, dw_hh, db_hh, dh0), shaped like x, the weights and h0."""
+    T = x.size(1)
+    xw = x @ w_ih.T + b_ih                                             # (B, T, H)
+    hs = [h0]                                                          # hs[t] = h_t: the walk needs them all
+    for t in range(T):                                                 # forward, keeping every h
+        hs.append(rnn_cell(xw[:, t], hs[t], w_hh, b_hh))               # (B, H)
+    da = torch.empty_like(xw)                                          # (B, T, H): dL/da_t, every step
+    dw_hh, db_hh = torch.zeros_like(w_hh), torch.zeros_like(b_hh)      # (H, H), (H,)
+    dh_next = torch.zeros_like(h0)                                     # (B, H): nothing after the last step
+    for t in reversed(range(T)):                                       # steps T..1 (this t is step t + 1)
+        h, h_prev = hs[t + 1], hs[t]
+        da_t = (dh_out[:, t] + dh_next) * (1 - h ** 2)                 # (B, H)  da_t = (dh_t + dh_next) * tanh'
+        dw_hh += da_t.T @ h_prev                                       # (H, H)  dW_hh += da_t^T h_{t-1}
+        db_hh += da_t.sum(0)                                           # (H,)
+        dh_next = da_t @ w_hh                                          # (B, H)  dh_{t-1} = da_t W_hh
+        da[:, t] = da_t
+    dx = da @ w_ih                                                     # (B, T, I)
+    dw_ih = da.flatten(0, 1).T @ x.flatten(0, 1)                       # (H, I)  sum over t of da_t^T x_t
+    db_ih = da.sum((0, 1))                                             # (H,)
+    return dx, dw_ih, db_ih, dw_hh, db_hh, dh_next                     # dh_next is now dh_0
 
 
 # -----------------------------------------------------------------------------
@@ -422,20 +293,20 @@ def detach_hidden(hidden):
     return tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
 
 
-def hidden_to(hidden, device):
-    if hidden is None:
-        return None
-    return tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
-
-
 # 4b. The model: character embedding -> n_layer recurrent layers -> dropout -> linear read-out.
 # The parameters of the recurrent layers live in torch's nn.RNN / nn.LSTM / nn.GRU module, named
-# weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ... . With --impl=fused we call that module
-# (a oneDNN kernel on CPU, cuDNN on a GPU); with --impl=scratch, run_scratch reads the same tensors.
-# Switching impl changes no parameter, so a checkpoint trained with one samples with the other.
-# Fused is the default: on 2 CPU cores it trains the LSTM and the GRU several times faster than our
-# loop (one kernel per layer instead of a dozen small ops per time step, forward and backward) and
-# the vanilla RNN about 1.2x faster (benchmarks/bench_char_rnn.py). Read scratch, run fused.
+# weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ... . With --impl=fused we call that module;
+# with --impl=scratch, run_scratch reads the same tensors. Switching impl changes no parameter, so a
+# checkpoint trained with one samples with the other.
+# What fused runs: cuDNN on a GPU. On a CPU (torch.profiler, torch 2.13, float32), the LSTM is one
+# oneDNN kernel per layer (aten::mkldnn_rnn_layer, and its backward), but the GRU and the vanilla RNN
+# run ATen's C++ loop over time: a matrix product and the gate functions at every step, the same small
+# ops as ours without Python between them. Fused is the default: on one CPU thread it trains the
+# LSTM 3.9x as fast as our loop, the GRU and the vanilla RNN 1.7x as fast (README, "Results";
+# benchmarks/bench_char_rnn.py). Read scratch, run fused.
+# Dropout (--dropout=p): in training, zero a random fraction p of the activations and scale the rest
+# by 1/(1 - p), so their expected value is unchanged; in eval mode it does nothing. No unit can count on
+# another being there, which fights overfitting.
 
 class CharRNN(nn.Module):
     def __init__(self, cfg, vocab_size):
@@ -468,7 +339,11 @@ class CharRNN(nn.Module):
         logits = self.lm_head(self.drop(out))                                 # (B, T, V)
         if targets is None:
             return logits, None, hidden
-        # loss = -mean over positions of log p(next character | the characters up to it)
+        # 4c. The loss: loss = -mean over positions of log p(next character | the characters up to it),
+        # with p = softmax(logits). Its gradient, where backpropagation starts, is simply
+        #   dL/dlogits = (softmax(logits) - onehot(y)) / (B * T)
+        # at each position: push up the right character's logit, the others down in proportion to p.
+        # From there it flows into the read-out, then into dh_out of section 3, then back through time.
         B, T = idx.shape
         loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
         return logits, loss, hidden
@@ -481,7 +356,29 @@ def count_params(model):
 # -----------------------------------------------------------------------------
 # 5. Training
 # -----------------------------------------------------------------------------
-# 5a. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
+# 5a. One step of gradient descent on one chunk. The model starts from the hidden state the previous
+# chunk ended with; the caller detaches it (truncated backpropagation through time, section 3), so the
+# graph and the memory stay one chunk long. Then backward, clip, update.
+# Clipping: if the norm of the whole gradient (every parameter's, as one long vector g) exceeds c =
+# grad_clip, rescale it: g <- g * min(1, c / ||g||). The direction is kept, only a rare huge step (an
+# exploding gradient, section 2a) is shortened.
+
+def train_step(model, optimizers, x, y, hidden, lr, grad_clip):
+    """One step of gradient descent on one chunk: forward from the carried state, backward, clip, update.
+    Returns the loss and the hidden state after the chunk."""
+    _, loss, hidden = model(x, y, hidden)
+    loss.backward()
+    if grad_clip > 0:  # rescale the whole gradient if its norm exceeds grad_clip: no single huge step
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return loss, hidden
+
+
+# 5b. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
 # the budget (counted in iterations or in seconds, whichever ends first, so a 5-minute run decays
 # over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (Adam's first
 # steps rest on poor estimates of the gradient's moments, so they should be small):
@@ -498,7 +395,7 @@ def budget_progress(it, elapsed, cfg):
     return max(by_iters, by_time)
 
 
-# 5b. The optimizer: AdamW, for every parameter p with gradient g,
+# 5c. The optimizer: AdamW, for every parameter p with gradient g,
 #   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2        (bias-corrected: m^, v^)
 #   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
 # Weight decay pulls the matrices and the embedding toward 0, never the biases. (char_gpt.py adds Muon
@@ -514,6 +411,10 @@ def make_optimizers(model, cfg):
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     return [torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=fused)]
 
+
+# 5d. Evaluation: the loss on text the model is not trained on (val) tells whether it generalises; the
+# same on training text (train) tells whether it is still learning. Section 7 runs it every
+# eval_interval iterations.
 
 @torch.no_grad()
 def estimate_loss(model, splits, cfg, device):
@@ -533,7 +434,252 @@ def estimate_loss(model, splits, cfg, device):
     return out
 
 
-# 5c. Checkpoints. torch.save writes a pickle; loading an arbitrary pickle can run code, so we store
+# 5e. The training loop. Each iteration reads the next chunk of every stream, starting from the hidden
+# state the previous chunk ended with, detached: truncated backpropagation through time, so the graph and
+# the memory stay one chunk long (section 3). After the last chunk that fits, a new pass over the text
+# starts from a zero state. Every eval_interval iterations, and when the budget is spent, evaluate and
+# save a checkpoint. `run` holds the model, streams and optimizers; start_run builds it (section 7d).
+
+def train(cfg, quiet=False):
+    """Train a recurrent network as cfg says. Returns a dict: model, itos, history (rows of log.csv),
+    metrics, device."""
+    run = start_run(cfg, quiet)
+    cfg = run.cfg  # with the device's defaults filled in
+    with bookkeeping(run):
+        while True:
+            progress = budget_progress(run.it, run.clock.local(), cfg)
+            done = progress >= 1.0
+            if (run.it % cfg.eval_interval == 0 and run.it != run.resumed_at) or done:
+                evaluate_and_save(run)
+            if done:
+                break
+            lr = get_lr(run.it, progress, cfg)
+            x, y = get_chunk(run.train_streams, run.chunk, cfg.block_size)
+            loss, hidden = train_step(run.model, run.optimizers, x.to(run.device), y.to(run.device), run.hidden, lr,
+                                      cfg.grad_clip)
+            run.it, run.chunk, run.hidden = run.it + 1, run.chunk + 1, detach_hidden(hidden)
+            if run.chunk == run.n_chunks:
+                run.chunk, run.hidden = 0, None
+            if run.it % cfg.log_interval == 0:
+                log_progress(run, loss, lr, progress)
+    return finish_run(run)
+
+
+# -----------------------------------------------------------------------------
+# 6. Sampling
+# -----------------------------------------------------------------------------
+# First run the prompt through the network ("priming"): the hidden state after its last character
+# sums up the prompt. Then turn the last logits into probabilities p = softmax(logits / temperature),
+# optionally keep only the top_k most likely characters, draw one, feed it in, and repeat. Unlike a
+# GPT, there is no window to outgrow: each new character costs one step of the cells, forever.
+
+def sample_next(logits, temperature, top_k, generator=None):
+    """logits: (B, V) -> ids (B, 1). temperature 0 means greedy (always the most likely)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits.float(), dim=-1).cpu()  # draw on the CPU: one generator for every device
+    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
+
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=None, generator=None):
+    """Continue idx (B, T) by max_new_tokens ids. on_token(ids) sees each new (B, 1) step."""
+    model.eval()
+    logits, _, hidden = model(idx)                           # prime on the whole prompt at once
+    for _ in range(max_new_tokens):
+        nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
+        idx = torch.cat([idx, nxt], dim=1)
+        if on_token:
+            on_token(nxt)
+        logits, _, hidden = model(nxt, hidden=hidden)        # one character in, one step of the cells
+    return idx
+
+
+# -----------------------------------------------------------------------------
+# 7. Running it: the command line, checks, checkpoints, the clock, progress lines, main.
+#    The machinery around the lesson; a reader may skip it.
+# -----------------------------------------------------------------------------
+
+# 7a. Configuration: every knob once, its default and its meaning side by side; --help is built from
+# them. A default of None means "chosen for the device" (DEVICE_DEFAULTS below): a laptop CPU and a GPU
+# want different models.
+
+KIND = "char_rnn"  # written into checkpoints, so char_gpt.py's checkpoints are told apart
+
+
+class UsageError(Exception):
+    """A problem with the input or the flags: reported as one line, without a traceback."""
+
+
+def knob(default, help):
+    """A Config field: its default and its --help text side by side."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # I/O
+    input: str = knob("input.txt", "UTF-8 text file to learn from")
+    out_dir: str = knob("out/char_rnn", "where ckpt.pt, log.csv, metrics.json and loss.png go")
+    device: str = knob("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    seed: int = knob(1337, "random seed (initialisation, dropout, sampling)")
+    # how long to train: whichever limit comes first (no limit set: --max_seconds for the device)
+    max_iters: int | None = knob(None, "stop after this many iterations")
+    max_seconds: float | None = knob(None, "stop after this many seconds of training (evaluation not "
+                                           "counted); the learning rate decays over this budget. Used when "
+                                           "neither limit is given")
+    eval_interval: int | None = knob(None, "evaluate train/val loss and save a checkpoint every N iterations")
+    eval_iters: int = knob(20, "batches averaged for each evaluated loss")
+    log_interval: int = knob(50, "print a progress line every N iterations")
+    # data and model
+    model: str = knob("lstm", "the recurrent cell: rnn (vanilla, tanh), lstm or gru")
+    impl: str | None = knob(None, "scratch (our cells, a Python loop over time) or fused (torch's "
+                                  "nn.RNN/LSTM/GRU kernel): the same function of the same parameters; fused "
+                                  "is the faster on cpu and gpu")
+    batch_size: int | None = knob(None, "parallel streams through the text")
+    block_size: int | None = knob(None, "characters per chunk: backpropagation through time stops at its edge")
+    n_layer: int | None = knob(None, "stacked recurrent layers")
+    n_embd: int | None = knob(None, "size of the character embedding and of every hidden state")
+    dropout: float | None = knob(None, "dropout probability between layers and before the read-out")
+    # optimisation
+    optimizer: str = knob("adamw", "adamw, the only choice here (char_gpt.py also has muon)")
+    learning_rate: float | None = knob(None, "peak learning rate")
+    min_lr: float | None = knob(None, "learning rate at the end of the cosine decay")
+    warmup_iters: int = knob(100, "iterations of linear warm-up from 0 to --learning_rate")
+    weight_decay: float = knob(0.1, "weight decay, applied to weight matrices and embedding tables only")
+    grad_clip: float = knob(1.0, "clip the gradient norm to this (0: off)")
+    # resuming and sampling
+    resume: bool = knob(False, "continue training from out_dir/ckpt.pt (its model shape and optimizer win over "
+                               "the flags)")
+    sample_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print samples")
+    prompt: str = knob("\n", "text the samples continue (it primes the hidden state)")
+    max_new_tokens: int = knob(500, "characters to generate per sample")
+    num_samples: int = knob(1, "how many samples to print")
+    temperature: float = knob(0.8, "divide the logits by this: < 1 safer, > 1 wilder")
+    top_k: int | None = knob(None, "sample only from the k most likely characters (None: all)")
+
+
+# The defaults of the fields left at None, per device. cpu: the best val loss we measured in a few
+# minutes on 2 cores; in 5 minutes one layer of 256 beat two layers of 256 and one of 384 or 512
+# (more steps beat more capacity at this budget; README, "Results"). gpu (cuda or mps): a deeper,
+# wider stack, not tuned.
+DEVICE_DEFAULTS = {
+    "cpu": dict(max_seconds=300, eval_interval=250, impl="fused", batch_size=32, block_size=64, n_layer=1,
+                n_embd=256, dropout=0.0, learning_rate=3e-3, min_lr=3e-4),
+    "gpu": dict(max_seconds=90, eval_interval=250, impl="fused", batch_size=128, block_size=128, n_layer=3,
+                n_embd=512, dropout=0.2, learning_rate=2e-3, min_lr=2e-4),
+}
+
+MODELS = ("rnn", "lstm", "gru")
+IMPLS = ("scratch", "fused")
+
+
+def parse_bool(s):
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def flag_type(t):
+    """int -> int; int | None -> int (None is the "not given" default)."""
+    return t if isinstance(t, type) else next(a for a in typing.get_args(t) if a is not type(None))
+
+
+def parse_args(argv=None) -> Config:
+    """Flags mirror the Config fields: --name=value or --name value; a bare --resume means true."""
+    parser = OneLineParser(description=__doc__.split("\n")[0])
+    choices = {"model": MODELS, "impl": IMPLS}
+    for f in fields(Config):
+        kind = flag_type(f.type)
+        if f.name in DEVICE_DEFAULTS["cpu"]:
+            default = f"cpu {DEVICE_DEFAULTS['cpu'][f.name]}, gpu {DEVICE_DEFAULTS['gpu'][f.name]}"
+        else:
+            default = repr(f.default)
+        extra = dict(type=parse_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
+        parser.add_argument(f"--{f.name}", default=f.default, choices=choices.get(f.name),
+                            help=f"{f.metadata['help']} (default: {default})", **extra)
+    return Config(**vars(parser.parse_args(argv)))
+
+
+# 7b. The device, and every flag checked before any work starts.
+
+def pick_device(name):
+    if name != "auto" and not (name in ("cpu", "cuda", "mps") or name.startswith("cuda:")):
+        raise UsageError(f"--device={name} is not one of auto, cpu, cuda, cuda:N, mps")
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device={name} but no CUDA GPU is visible: use --device=cpu")
+        if name == "mps" and not torch.backends.mps.is_available():
+            raise UsageError("--device=mps but MPS is not available: use --device=cpu")
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def fill_defaults(cfg: Config, device: str) -> Config:
+    """Replace each None by the default for this device, then check the sizes make sense."""
+    defaults = DEVICE_DEFAULTS["cpu" if device == "cpu" else "gpu"]
+    for name, value in defaults.items():
+        if getattr(cfg, name) is None and name != "max_seconds":
+            setattr(cfg, name, value)
+    if cfg.max_iters is None and cfg.max_seconds is None:  # --max_iters alone means: no time limit
+        cfg.max_seconds = defaults["max_seconds"]
+    cfg.min_lr = min(cfg.min_lr, cfg.learning_rate)  # a lowered --learning_rate lowers the floor too
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: Config):
+    """Every flag checked before any work starts: a typo should not cost a training run."""
+    for name in ("batch_size", "block_size", "n_layer", "n_embd", "eval_interval", "eval_iters", "log_interval"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name}={getattr(cfg, name)} must be at least 1")
+    for name in ("max_iters", "max_seconds"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise UsageError(f"--{name}={getattr(cfg, name)} must be positive")
+    if not 0 <= cfg.dropout < 1:
+        raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
+    if cfg.learning_rate <= 0:
+        raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
+    if cfg.min_lr < 0:
+        raise UsageError(f"--min_lr={cfg.min_lr} must be at least 0")
+    if cfg.optimizer != "adamw":
+        raise UsageError(f"--optimizer={cfg.optimizer}: {KIND}.py trains with adamw only "
+                         "(Muon is char_gpt.py's, tuned for Transformer blocks)")
+    check_sample_flags(cfg)
+
+
+def check_sample_flags(cfg: Config):
+    if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
+        raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise UsageError(f"--top_k={cfg.top_k} must be at least 1")
+    if not cfg.prompt:
+        raise UsageError("--prompt is empty: the samples need at least one character to start from")
+
+
+def check_prompt(prompt, stoi):
+    missing = sorted(set(prompt) - set(stoi))
+    if missing:
+        raise UsageError(f"the prompt has characters the model never saw: {''.join(missing)!r}; "
+                         "use characters from the training text")
+
+
+# 7c. Checkpoints. torch.save writes a pickle; loading an arbitrary pickle can run code, so we store
 # only tensors and plain Python values and load with weights_only=True. A checkpoint is written to
 # a temporary file and then renamed: the rename is atomic, so a crash mid-write keeps the old one.
 # Besides the weights, it holds where the streams are and the carried hidden state, so a resumed
@@ -559,6 +705,12 @@ def load_checkpoint(path):
         writer = f"{writer}.py" if writer else "another program"
         raise UsageError(f"{path} was written by {writer}, not {KIND}.py: point --out_dir at a {KIND} run")
     return ckpt
+
+
+def hidden_to(hidden, device):
+    if hidden is None:
+        return None
+    return tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
 
 
 def prepare_out_dir(out_dir):
@@ -596,14 +748,8 @@ def plot_losses(history, path):
     fig.savefig(path, dpi=100)
 
 
-def fmt_seconds(s):
-    return f"{int(s // 60)}m{int(s % 60):02d}s"
-
-
-# 5d. The loop. Each iteration reads the next chunk of every stream, starting from the hidden state
-# the previous chunk ended with (detached: truncated backpropagation through time, so the graph and
-# the memory stay one chunk long), takes one optimizer step, and keeps the new hidden state for the next.
-# The budget counts training time only: the Clock leaves evaluation out.
+# 7d. The clock, and the run around the loop of section 5e. The budget counts training time only: the
+# Clock leaves evaluation out.
 
 class Clock:
     """Training time: seconds since the start, less the time spent evaluating, plus the seconds
@@ -633,170 +779,143 @@ class Clock:
             self.paused_for += time.perf_counter() - t
 
 
-def train_step(model, optimizers, x, y, hidden, lr, grad_clip):
-    """One step of gradient descent on one chunk: forward from the carried state, backward, clip, update.
-    Returns the loss and the hidden state after the chunk."""
-    _, loss, hidden = model(x, y, hidden)
-    loss.backward()
-    if grad_clip > 0:  # rescale the whole gradient if its norm exceeds grad_clip: no single huge step
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return loss, hidden
+def fmt_seconds(s):
+    return f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
-def train(cfg: Config, quiet=False):
-    """Train a recurrent network as cfg says. Returns a dict: model, itos, history (rows of log.csv),
-    metrics, device."""
-    say = (lambda *a, **k: None) if quiet else print
+# Setting up a run and keeping its books, around the loop of section 5e.
+
+class Run:
+    """Everything the training loop (section 5e) reads and updates, built by start_run."""
+
+
+def start_run(cfg, quiet=False):
+    run = Run()
+    run.say = (lambda *a, **k: None) if quiet else print
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise UsageError(f"{KIND}.py runs in one process: start it with python, not torchrun")
-    device = pick_device(cfg.device)
+    run.device = device = pick_device(cfg.device)
     device_type = device.split(":")[0]
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(ckpt_path) if cfg.resume else None
+    run.ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(run.ckpt_path) if cfg.resume else None
     if ckpt and "optimizers" not in ckpt:  # an older layout: one optimizer state, not a list
-        raise UsageError(f"{ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
+        raise UsageError(f"{run.ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
                          "train again with another --out_dir (--sample_only still works on this one)")
     if ckpt:  # the model's shape and optimizer come from the checkpoint; budget, logging and impl from the flags
         for name in ("model", "batch_size", "block_size", "n_layer", "n_embd", "dropout", "optimizer"):
             setattr(cfg, name, ckpt["config"][name])
-    cfg = fill_defaults(cfg, device_type)
+    run.cfg = cfg = fill_defaults(cfg, device_type)
     prepare_out_dir(cfg.out_dir)
 
     # data
     text = read_text(cfg.input)
-    itos = ckpt["itos"] if ckpt else build_vocab(text)
-    stoi = {c: i for i, c in enumerate(itos)}
+    run.itos = ckpt["itos"] if ckpt else build_vocab(text)
+    stoi = {c: i for i, c in enumerate(run.itos)}
     if ckpt and set(text) - set(stoi):
         raise UsageError(f"{cfg.input} has characters the checkpoint's vocabulary lacks: "
                          "resume on the text it was trained on")
     check_prompt(cfg.prompt, stoi)  # the sample comes after training: fail now, not in 5 minutes
     train_data, val_data = split_data(text, stoi, cfg.batch_size, cfg.block_size)
-    train_streams = make_streams(train_data, cfg.batch_size)                 # (B, N)
-    val_streams = make_streams(val_data, cfg.batch_size)
-    n_chunks = chunks_per_pass(train_streams, cfg.block_size)
+    run.train_streams = make_streams(train_data, cfg.batch_size)             # (B, N)
+    run.val_streams = make_streams(val_data, cfg.batch_size)
+    run.n_chunks = chunks_per_pass(run.train_streams, cfg.block_size)
 
     # model and optimizers
     torch.manual_seed(cfg.seed)
-    model = CharRNN(cfg, len(itos)).to(device)
-    optimizers = make_optimizers(model, cfg)
+    run.model = CharRNN(cfg, len(run.itos)).to(device)
+    run.optimizers = make_optimizers(run.model, cfg)
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range with a 10-bit mantissa
         torch.backends.cudnn.allow_tf32 = True
-    it, best_val, history, chunk, hidden = 0, float("inf"), [], 0, None
+    run.it, run.best_val, run.history, run.chunk, run.hidden = 0, float("inf"), [], 0, None
+    run.resumed_at = None
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
-            opt.load_state_dict(state)
-        it, best_val, history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
-        chunk, hidden = ckpt["chunk"], hidden_to(ckpt["hidden"], device)
-        torch.set_rng_state(ckpt["rng"])
-        if budget_progress(it, ckpt["train_seconds"], cfg) >= 1:
-            raise UsageError(f"the checkpoint has already trained {it} iterations ({ckpt['train_seconds']:.0f} s), "
-                             "the whole budget: raise --max_iters or --max_seconds to train more")
-    n_params = count_params(model)
-    say(f"{KIND}: {cfg.model} ({cfg.impl}), {n_params:,} parameters, vocabulary {len(itos)}, "
-        f"{len(train_data):,} training characters, device {device}; float32: {KIND}.py trains in float32 everywhere")
+        resume_from(run, ckpt)
+    run.n_params = count_params(run.model)
+    run.say(f"{KIND}: {cfg.model} ({cfg.impl}), {run.n_params:,} parameters, vocabulary {len(run.itos)}, "
+            f"{len(train_data):,} training characters, device {device}; float32: {KIND}.py trains in float32 "
+            "everywhere")
+    run.tokens_per_iter = cfg.batch_size * cfg.block_size
+    run.clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0)
+    run.it_start, run.it_log, run.tokens_per_s = run.it, run.it, 0.0
+    return run
 
-    def checkpoint():  # everything needed to continue exactly where we are
-        save_checkpoint(ckpt_path, {
-            "kind": KIND, "config": asdict(cfg), "itos": itos, "iter": it, "best_val_loss": best_val,
-            "model": model.state_dict(), "optimizers": [opt.state_dict() for opt in optimizers],
-            "rng": torch.get_rng_state(), "chunk": chunk, "hidden": hidden_to(hidden, "cpu"), "history": history,
-            "train_seconds": clock.local()})
 
-    # -- the loop: evaluate every eval_interval iterations and when the budget is spent, else step
-    tokens_per_iter = cfg.batch_size * cfg.block_size
-    clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0)
-    it_start, it_log, tokens_per_s = it, it, 0.0
+def resume_from(run, ckpt):
+    run.model.load_state_dict(ckpt["model"])
+    for opt, state in zip(run.optimizers, ckpt["optimizers"], strict=True):
+        opt.load_state_dict(state)
+    run.it, run.best_val, run.history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
+    run.resumed_at = run.it  # that iteration was evaluated before the checkpoint was written
+    run.chunk, run.hidden = ckpt["chunk"], hidden_to(ckpt["hidden"], run.device)
+    torch.set_rng_state(ckpt["rng"])
+    if budget_progress(run.it, ckpt["train_seconds"], run.cfg) >= 1:
+        raise UsageError(f"the checkpoint has already trained {run.it} iterations ({ckpt['train_seconds']:.0f} s), "
+                         "the whole budget: raise --max_iters or --max_seconds to train more")
+
+
+def save_run(run):
+    """A checkpoint with everything needed to continue exactly where we are."""
+    save_checkpoint(run.ckpt_path, {
+        "kind": KIND, "config": asdict(run.cfg), "itos": run.itos, "iter": run.it, "best_val_loss": run.best_val,
+        "model": run.model.state_dict(), "optimizers": [opt.state_dict() for opt in run.optimizers],
+        "rng": torch.get_rng_state(), "chunk": run.chunk, "hidden": hidden_to(run.hidden, "cpu"),
+        "history": run.history, "train_seconds": run.clock.local()})
+
+
+def check_finite(loss, it):
+    if not math.isfinite(loss):  # stop before a NaN reaches a checkpoint: the last good one stays
+        raise UsageError(f"the loss became {loss} at iteration {it}: lower --learning_rate or keep --grad_clip on")
+
+
+def evaluate_and_save(run):
+    """Evaluate (not counted as training time), print and log the losses, save a checkpoint."""
+    with run.clock.paused():
+        losses = estimate_loss(run.model, {"train": run.train_streams, "val": run.val_streams}, run.cfg, run.device)
+    check_finite(losses["val"], run.it)
+    run.best_val = min(run.best_val, losses["val"])
+    run.history.append((run.it, round(losses["train"], 4), round(losses["val"], 4), round(run.clock.local(), 1),
+                        round(run.tokens_per_s)))
+    run.say(f"eval iter {run.it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    save_run(run)
+
+
+def log_progress(run, loss, lr, progress):
+    """A progress line: loss, speed, learning rate, time left."""
+    lossf = loss.item()  # on a GPU this waits for the step: only every log_interval
+    check_finite(lossf, run.it)
+    dt = run.clock.lap() / (run.it - run.it_log)
+    run.it_log, run.tokens_per_s = run.it, run.tokens_per_iter / dt
+    elapsed = run.clock.local()
+    left = elapsed / progress - elapsed if progress > 0 else 0.0
+    run.say(f"iter {run.it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {run.tokens_per_s:,.0f} tok/s"
+            f" | lr {lr:.2e} | {fmt_seconds(left)} left")
+
+
+@contextmanager
+def bookkeeping(run):
+    """Around the loop: Ctrl-C saves a checkpoint first."""
     try:
-        while True:
-            progress = budget_progress(it, clock.local(), cfg)
-            done = progress >= 1.0
-            already_evaluated = ckpt is not None and it == ckpt["iter"]
-            if (it % cfg.eval_interval == 0 and not already_evaluated) or done:
-                with clock.paused():  # evaluation is not training time
-                    losses = estimate_loss(model, {"train": train_streams, "val": val_streams}, cfg, device)
-                if not math.isfinite(losses["val"]):  # keep the last good checkpoint
-                    raise UsageError(f"the loss became {losses['val']} at iteration {it}: "
-                                     "lower --learning_rate or keep --grad_clip on")
-                best_val = min(best_val, losses["val"])
-                history.append((it, round(losses["train"], 4), round(losses["val"], 4), round(clock.local(), 1),
-                                round(tokens_per_s)))
-                say(f"eval iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                checkpoint()
-            if done:
-                break
-            lr = get_lr(it, progress, cfg)
-            x, y = get_chunk(train_streams, chunk, cfg.block_size)
-            loss, new_hidden = train_step(model, optimizers, x.to(device), y.to(device), hidden, lr, cfg.grad_clip)
-            # the step is done: move on one chunk; a new pass over the text starts from a zero state
-            it, chunk, hidden = it + 1, chunk + 1, detach_hidden(new_hidden)
-            if chunk == n_chunks:
-                chunk, hidden = 0, None
-            if it % cfg.log_interval == 0:
-                lossf = loss.item()  # on a GPU this waits for the step: only every log_interval
-                if not math.isfinite(lossf):
-                    raise UsageError(f"the loss became {lossf} at iteration {it}: "
-                                     "lower --learning_rate or keep --grad_clip on")
-                dt = clock.lap() / (it - it_log)
-                it_log, tokens_per_s = it, tokens_per_iter / dt
-                elapsed = clock.local()
-                left = elapsed / progress - elapsed if progress > 0 else 0.0
-                say(f"iter {it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {tokens_per_s:,.0f} tok/s"
-                    f" | lr {lr:.2e} | {fmt_seconds(left)} left")
+        yield
     except KeyboardInterrupt:
-        checkpoint()
-        say(f"\ninterrupted at iteration {it}: checkpoint saved to {ckpt_path} (continue with --resume)")
+        save_run(run)
+        run.say(f"\ninterrupted at iteration {run.it}: checkpoint saved to {run.ckpt_path} (continue with --resume)")
         raise
 
-    this_run = clock.local() - clock.offset
-    metrics = {"best_val_loss": best_val, "final_val_loss": history[-1][2], "iters": it,
-               "train_seconds": round(clock.local(), 1),
-               "tokens_per_second": round((it - it_start) * tokens_per_iter / max(this_run, 1e-9)),
-               "params": n_params, "device": device, "config": asdict(cfg)}
-    write_outputs(cfg.out_dir, history, metrics)
-    say(f"best val loss {best_val:.4f}; wrote {cfg.out_dir}/ckpt.pt, log.csv, metrics.json, loss.png")
-    return {"model": model, "itos": itos, "history": history, "metrics": metrics, "device": device}
+
+def finish_run(run):
+    """metrics.json, log.csv and loss.png; returns what the caller samples from."""
+    this_run = run.clock.local() - run.clock.offset
+    metrics = {"best_val_loss": run.best_val, "final_val_loss": run.history[-1][2], "iters": run.it,
+               "train_seconds": round(run.clock.local(), 1),
+               "tokens_per_second": round((run.it - run.it_start) * run.tokens_per_iter / max(this_run, 1e-9)),
+               "params": run.n_params, "device": run.device, "config": asdict(run.cfg)}
+    write_outputs(run.cfg.out_dir, run.history, metrics)
+    run.say(f"best val loss {run.best_val:.4f}; wrote {run.cfg.out_dir}/ckpt.pt, log.csv, metrics.json, loss.png")
+    return {"model": run.model, "itos": run.itos, "history": run.history, "metrics": metrics, "device": run.device}
 
 
-# -----------------------------------------------------------------------------
-# 6. Sampling
-# -----------------------------------------------------------------------------
-# First run the prompt through the network ("priming"): the hidden state after its last character
-# sums up the prompt. Then turn the last logits into probabilities p = softmax(logits / temperature),
-# optionally keep only the top_k most likely characters, draw one, feed it in, and repeat. Unlike a
-# GPT, there is no window to outgrow: each new character costs one step of the cells, forever.
-
-def sample_next(logits, temperature, top_k, generator=None):
-    """logits: (B, V) -> ids (B, 1). temperature 0 means greedy (always the most likely)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits.float(), dim=-1).cpu()  # draw on the CPU: one generator for every device
-    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
-
-
-@torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=None, generator=None):
-    """Continue idx (B, T) by max_new_tokens ids. on_token(ids) sees each new (B, 1) step."""
-    model.eval()
-    logits, _, hidden = model(idx)                           # prime on the whole prompt at once
-    for _ in range(max_new_tokens):
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
-        idx = torch.cat([idx, nxt], dim=1)
-        if on_token:
-            on_token(nxt)
-        logits, _, hidden = model(nxt, hidden=hidden)        # one character in, one step of the cells
-    return idx
-
+# 7e. Sampling from a checkpoint, and the command line's entry point.
 
 def load_model(out_dir, device="cpu", impl=None):
     """The trained model and its vocabulary from out_dir/ckpt.pt (impl: override the one it trained with)."""
@@ -806,13 +925,6 @@ def load_model(out_dir, device="cpu", impl=None):
     model = CharRNN(cfg, len(ckpt["itos"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt["itos"]
-
-
-def check_prompt(prompt, stoi):
-    missing = sorted(set(prompt) - set(stoi))
-    if missing:
-        raise UsageError(f"the prompt has characters the model never saw: {''.join(missing)!r}; "
-                         "use characters from the training text")
 
 
 def print_samples(model, itos, cfg, device):
@@ -827,10 +939,6 @@ def print_samples(model, itos, cfg, device):
                  on_token=lambda t: print(itos[t.item()], end="", flush=True), generator=g)
         print()
 
-
-# -----------------------------------------------------------------------------
-# 7. Main
-# -----------------------------------------------------------------------------
 
 MIN_TORCH = (2, 4)  # the oldest torch this file was tested with (requirements.txt says the same)
 

@@ -1,6 +1,6 @@
-"""char_rnn.py's model, checked against references: each cell against torch's one-step cell, the scratch
-stack against torch's fused nn.RNN/LSTM/GRU (outputs and gradients), checkpoints across impls, the
-streams batching, and that the model can learn."""
+"""char_rnn.py's model, checked against references: each cell against torch's one-step cell, backpropagation
+through time by hand against autograd, the scratch stack against torch's fused nn.RNN/LSTM/GRU (outputs and
+gradients), checkpoints across impls, the streams batching, and that the model can learn."""
 
 import sys
 from dataclasses import asdict
@@ -67,6 +67,56 @@ def test_lstm_cell_reads_literally():
     h_new, c_ours = cr.lstm_cell(xw, (h, c), w_hh, b_hh)
     torch.testing.assert_close(c_ours, c_new)
     torch.testing.assert_close(h_new, torch.sigmoid(o) * torch.tanh(c_new))
+
+
+# ---------------------------------------------------------------- backpropagation through time by hand
+
+def rnn_layer_and_chunk(B=3, T=6, I=4, H=5, seed=0):
+    torch.manual_seed(seed)
+    rnn = torch.nn.RNN(I, H, 1, batch_first=True).double()
+    g = torch.Generator().manual_seed(seed + 1)
+    x, h0, dh_out = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((B, T, I), (B, H), (B, T, H)))
+    return rnn, x, h0, dh_out
+
+
+def by_hand(rnn, x, h0, dh_out):
+    return cr.rnn_bptt(x, h0, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0, dh_out)
+
+
+def test_bptt_by_hand_matches_autograd():
+    """rnn_bptt's backward walk gives autograd's gradients for the input, every weight and the carried h0
+    (dh0: what truncation throws away), given any dL/dh_t from above."""
+    rnn, x, h0, dh_out = rnn_layer_and_chunk()
+    x, h0 = x.clone().requires_grad_(), h0.clone().requires_grad_()
+    out, _ = rnn(x, h0[None])
+    (out * dh_out).sum().backward()                   # a loss whose dL/dh_t is exactly dh_out[:, t]
+    expected = [x.grad, rnn.weight_ih_l0.grad, rnn.bias_ih_l0.grad, rnn.weight_hh_l0.grad, rnn.bias_hh_l0.grad,
+                h0.grad]
+    with torch.no_grad():
+        ours = by_hand(rnn, x, h0, dh_out)
+    assert len(ours) == len(expected)
+    for name, a, b in zip(["dx", "dw_ih", "db_ih", "dw_hh", "db_hh", "dh0"], ours, expected, strict=True):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=name)
+    assert h0.grad.abs().max() > 1e-3                  # the state carried in does get a gradient
+
+
+def test_truncation_drops_exactly_dh0():
+    """Two chunks: the full gradient of W_hh is chunk 2's walk plus chunk 1's walk with chunk 2's dh0 added
+    to its last step. Truncated BPTT leaves that dh0 out, and that is all it leaves out."""
+    rnn, x, h0, dh_out = rnn_layer_and_chunk(T=8)
+    with torch.no_grad():
+        out, _ = rnn(x[:, :4], h0[None])
+        h_mid = out[:, -1]                                                  # the state chunk 2 starts from
+        second = by_hand(rnn, x[:, 4:], h_mid, dh_out[:, 4:])
+        carried = dh_out[:, :4].clone()
+        carried[:, -1] += second[5]                                         # dh0 of chunk 2 flows into chunk 1
+        first_full = by_hand(rnn, x[:, :4], h0, carried)
+        first_truncated = by_hand(rnn, x[:, :4], h0, dh_out[:, :4])
+    whole = by_hand(rnn, x, h0, dh_out)
+    for i in range(1, 5):                                                   # the four weight gradients
+        torch.testing.assert_close(first_full[i] + second[i], whole[i], rtol=0, atol=1e-10)
+    assert (first_truncated[3] + second[3] - whole[3]).abs().max() > 1e-6   # truncation changes dW_hh
 
 
 # ---------------------------------------------------------------- scratch == fused
