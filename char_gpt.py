@@ -28,12 +28,15 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import typing
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -58,9 +61,35 @@ def decode(ids, itos):
     return "".join(itos[i] for i in ids)
 
 
+# A big text: encode() makes one Python int per character, about 36 bytes each with the list's slot,
+# so 100 MB of text would need 3.6 GB. encode_text() does the same in NumPy, a slice at a time: each
+# character's code point (its UTF-32 value) indexes a lookup table whose entries are the ids. The ids
+# go in the smallest integer type that holds them: 1 byte per character for up to 256 characters
+# (int16 holds 32,768, int32 the rest); a batch converts only its own windows to int64 (get_batch).
+
+def id_dtype(vocab_size):
+    return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 2**15 else np.int32
+
+
+def encode_text(text, stoi, slice_chars=2**22):
+    """encode(text, stoi) as a 1-D tensor of the smallest id type, without a Python int per character."""
+    codes = sorted(ord(c) for c in stoi)
+    table = np.full(codes[-1] + 2, -1, dtype=np.int32)       # code point -> id; -1: not in the vocabulary
+    table[codes] = [stoi[chr(c)] for c in codes]
+    ids = np.empty(len(text), dtype=id_dtype(len(stoi)))
+    for start in range(0, len(text), slice_chars):
+        cp = np.frombuffer(text[start:start + slice_chars].encode("utf-32-le"), dtype=np.uint32)
+        part = table[np.minimum(cp, len(table) - 1)]           # a code point past the table reads -1
+        if part.min() < 0:
+            missing = sorted(set(text) - set(stoi))
+            raise UsageError(f"the text has characters the vocabulary lacks: {''.join(missing)!r}")
+        ids[start:start + len(part)] = part
+    return torch.from_numpy(ids)
+
+
 def split_data(text, stoi, block_size):
     """First 90% of the text to train on, last 10% to validate on: one long tensor of ids each."""
-    data = torch.tensor(encode(text, stoi), dtype=torch.long)
+    data = encode_text(text, stoi)
     n = int(0.9 * len(data))
     train, val = data[:n], data[n:]
     need = math.ceil((block_size + 1) / 0.1)  # the 10% split must hold one window and its next character
@@ -79,7 +108,7 @@ def get_batch(data, batch_size, block_size, generator):
     """batch_size random windows of the text; targets are the same windows shifted one to the left."""
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # window ix..ix+T
     offsets = torch.arange(block_size + 1)
-    windows = data[ix[:, None] + offsets]        # (B, T+1), one gather instead of a Python loop
+    windows = data[ix[:, None] + offsets].long()  # (B, T+1), one gather instead of a Python loop
     return windows[:, :-1], windows[:, 1:]       # x: (B, T), y: (B, T)
 
 
@@ -482,10 +511,39 @@ def estimate_loss(model, splits, cfg, device, autocast):
     return out
 
 
+# The figure to report for a trained model is the loss on the whole val text, every character predicted
+# once, with no random batches. The model sees at most block_size = T characters, so we slide a window
+# along the text by S = T/2: the first window scores all its T predictions, each later one only its last
+# S, whose contexts are T - S to T characters long. In closed form: character t (t >= 1) is predicted
+# from characters c..t-1, where c = S * ceil(max(0, t - T) / S).
+# Units: the loss is in nats (natural log). Divided by ln 2 it is in bits per character (bpc), the unit
+# of the char-rnn write-ups and the enwik8 tables; e^loss is the perplexity, the number of equally likely
+# characters the model is as unsure as.
+
+@torch.no_grad()
+def evaluate_text(model, data, block_size, device, autocast=None):
+    """Mean loss (nats) over characters 1..N-1 of data, each predicted once from at least T/2 before it
+    (or all there are)."""
+    model.eval()
+    T, S, N = block_size, block_size // 2, len(data)
+    total = 0.0
+    for s in range(0, max(N - 1 - T + S, 1), S):             # window k starts at s = k S
+        end = min(s + T, N - 1)
+        x = data[s:end].long()[None].to(device)               # (1, <= T)
+        y = data[s + 1:end + 1].long()[None].to(device)
+        with autocast or nullcontext():
+            logits, _ = model(x)
+        keep = 0 if s == 0 else T - S                         # the positions no earlier window scored
+        total += F.cross_entropy(logits[0, keep:].float(), y[0, keep:], reduction="sum").item()
+    model.train()
+    return total / (N - 1)
+
+
 # 3f. The training loop. Each iteration: where are we in the budget (0 -> 1), hence the learning rate;
 # a batch of random windows; one step. Every eval_interval iterations, and when the budget is spent,
-# evaluate on both splits and save a checkpoint. `run` holds the model, data and optimizers; start_run
-# builds it (section 5f), and the helpers named there keep the books.
+# evaluate on both splits, log and save a checkpoint. Ctrl-C does not cut a step in half: it sets
+# run.stop, and the loop saves and stops after the step it is in. `run` holds the model, data and
+# optimizers; start_run builds it (section 5f), and the helpers named there keep the books.
 
 def train(cfg, quiet=False):
     """Train a GPT as cfg says. Returns a dict: model, itos, device, history (rows of log.csv), metrics."""
@@ -495,9 +553,9 @@ def train(cfg, quiet=False):
         while True:
             progress = budget_progress(run.it, run.clock.elapsed(), cfg)
             done = progress >= 1.0
-            if (run.it % cfg.eval_interval == 0 and run.it != run.resumed_at) or done:
+            if (run.it % cfg.eval_interval == 0 and run.it != run.evaluated_at) or done:
                 evaluate_and_save(run)
-            if done:
+            if done or stop_requested(run):
                 break
             lr = get_lr(run.it, progress, cfg)
             x, y = get_batch(run.train_data, cfg.batch_size, cfg.block_size, run.data_gen)
@@ -653,7 +711,11 @@ class Config:
     compile: bool = knob(False, "compile the model with torch.compile (worth it on a GPU)")
     # resuming and sampling
     resume: bool = knob(False, "continue training from out_dir/ckpt.pt (its model shape and optimizer win over "
-                               "the flags)")
+                               "the flags). With the same --max_iters/--max_seconds the run continues the same "
+                               "learning-rate curve; a larger budget stretches the cosine over the new budget, "
+                               "so the rate rises again")
+    eval_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print its loss on the whole val split "
+                                  "(the last tenth) of --input, every character predicted once")
     sample_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print samples")
     prompt: str = knob("\n", "text the samples continue")
     max_new_tokens: int = knob(500, "characters to generate per sample")
@@ -762,6 +824,11 @@ def check_config(cfg: Config):
     check_sample_flags(cfg)
 
 
+def check_mode(cfg: Config):
+    if cfg.eval_only + cfg.sample_only + cfg.resume > 1:
+        raise UsageError("--eval_only, --sample_only and --resume exclude each other: give one")
+
+
 def check_sample_flags(cfg: Config):
     if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
         raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
@@ -788,6 +855,8 @@ def read_text(path):
         raise UsageError(f"cannot read input file {path} ({e.strerror}): check the path and its permissions") from None
     if not text:
         raise UsageError(f"input file {path} is empty: give it some text to learn from")
+    if text.isspace():
+        raise UsageError(f"input file {path} holds only whitespace: give it some text to learn from")
     return text
 
 
@@ -830,13 +899,27 @@ def prepare_out_dir(out_dir):
                          "choose a writable folder") from None
 
 
-def write_outputs(out_dir, history, metrics):
-    with open(os.path.join(out_dir, "log.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s"])
-        w.writerows(history)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+# The log is written as the run goes: one row per evaluation, appended and flushed, and the plot redrawn,
+# so a run killed at any moment leaves every evaluation made so far. Columns: the losses in nats, then in
+# bits per character (loss / ln 2).
+LOG_COLUMNS = ["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s", "train_bpc", "val_bpc"]
+
+
+def log_row(row):
+    return [*row, round(row[1] / math.log(2), 4), round(row[2] / math.log(2), 4)]
+
+
+def start_log(out_dir, history):
+    """A new log.csv: the header, and the rows a resumed checkpoint already holds."""
+    path = os.path.join(out_dir, "log.csv")
+    with open(path + ".tmp", "w", newline="") as f:
+        csv.writer(f).writerows([LOG_COLUMNS, *map(log_row, history)])
+    os.replace(path + ".tmp", path)
+
+
+def append_log(out_dir, history):
+    with open(os.path.join(out_dir, "log.csv"), "a", newline="") as f:
+        csv.writer(f).writerow(log_row(history[-1]))
     plot_losses(history, os.path.join(out_dir, "loss.png"))
 
 
@@ -850,7 +933,8 @@ def plot_losses(history, path):
     ax.set(xlabel="iteration", ylabel="loss (nats per character)", title=f"{KIND}: loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path + ".tmp.png", dpi=100)  # then renamed: a reader never sees half a picture
+    os.replace(path + ".tmp.png", path)
 
 
 # 5d. Measuring: training seconds, tokens per second, and MFU (model FLOPs utilisation: the share of
@@ -962,25 +1046,30 @@ def start_run(cfg, quiet=False):
     text = read_text(cfg.input)
     run.itos = ckpt["itos"] if ckpt else build_vocab(text)
     stoi = {c: i for i, c in enumerate(run.itos)}
-    if ckpt and set(text) - set(stoi):
-        raise UsageError(f"{cfg.input} has characters the checkpoint's vocabulary lacks: "
-                         "resume on the text it was trained on")
+    try:
+        run.train_data, run.val_data = split_data(text, stoi, cfg.block_size)
+    except UsageError as e:
+        if not ckpt:
+            raise
+        raise UsageError(f"{cfg.input}: {e}; resume on the text it was trained on") from None
+    del text  # a big text: keep only its ids
     check_prompt(cfg.prompt, stoi)  # the sample comes after training: fail now, not in 5 minutes
-    run.train_data, run.val_data = split_data(text, stoi, cfg.block_size)
 
     torch.manual_seed(cfg.seed + run.rank)
     run.raw_model = GPT(cfg, len(run.itos)).to(device)  # the plain module: what we save, evaluate and sample
     dtype, why, run.autocast, run.scaler = setup_precision(cfg, device)
     run.optimizers = make_optimizers(run.raw_model, cfg, ns_dtype=getattr(torch, dtype))
     run.data_gen = torch.Generator().manual_seed(cfg.seed + run.rank)  # batches: each process its own stream
-    run.it, run.best_val, run.history, run.resumed_at = 0, float("inf"), [], None
+    run.it, run.best_val, run.history, run.evaluated_at, run.stop = 0, float("inf"), [], None, False
     if ckpt:
         resume_from(run, ckpt)
-    run.n_params = count_params(run.raw_model)
+    if run.rank == 0:
+        start_log(cfg.out_dir, run.history)
     run.model = torch.compile(run.raw_model) if cfg.compile else run.raw_model
     if run.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         run.model = DDP(run.model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
+    run.n_params = count_params(run.raw_model)
     run.say(f"{KIND}: {run.n_params:,} parameters, vocabulary {len(run.itos)}, {len(run.train_data):,} training "
             f"characters, device {device}" + (f", {run.world} processes" if run.ddp else "") + f"; {dtype}: {why}")
     run.clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0, ddp=run.ddp, device=device)
@@ -995,7 +1084,7 @@ def resume_from(run, ckpt):
     for opt, state in zip(run.optimizers, ckpt["optimizers"], strict=True):
         opt.load_state_dict(state)
     run.it, run.best_val, run.history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
-    run.resumed_at = run.it  # that iteration was evaluated before the checkpoint was written
+    run.evaluated_at = run.history[-1][0] if run.history else None  # not evaluated twice
     torch.set_rng_state(ckpt["rng"])
     run.data_gen.set_state(ckpt["data_rng"])
     if run.ddp:  # the checkpoint holds rank 0's stream: give each process a fresh one of its own
@@ -1029,8 +1118,15 @@ def evaluate_and_save(run):
     run.best_val = min(run.best_val, losses["val"])
     run.history.append((run.it, round(losses["train"], 4), round(losses["val"], 4), round(run.clock.local(), 1),
                         round(run.tokens_per_s)))
-    run.say(f"eval iter {run.it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    run.say(f"eval iter {run.it}: train loss {losses['train']:.4f} ({bpc(losses['train']):.3f} bpc), "
+            f"val loss {losses['val']:.4f} ({bpc(losses['val']):.3f} bpc)")
     save_run(run)
+    if run.rank == 0:
+        append_log(run.cfg.out_dir, run.history)
+
+
+def bpc(loss):
+    return loss / math.log(2)
 
 
 def log_progress(run, loss, lr, progress):
@@ -1048,32 +1144,62 @@ def log_progress(run, loss, lr, progress):
             f"{mfu} | lr {lr:.2e} | {fmt_seconds(left)} left")
 
 
+# Stopping: the first Ctrl-C (SIGINT), or the SIGTERM a job scheduler sends, only sets run.stop; the loop
+# finishes its step and stops, and finish_run saves. Cut mid-step, a checkpoint could hold a model that
+# one optimizer has updated and the other not yet. A second Ctrl-C stops at once; the last checkpoint
+# written stays as it was (checkpoints are replaced by a rename, never overwritten in place).
+
 @contextmanager
 def bookkeeping(run):
-    """Around the loop: Ctrl-C saves a checkpoint first; torchrun's process group is closed at the end."""
+    """Around the loop: the stop signals; torchrun's process group is closed at the end."""
+    def ask_to_stop(signum, frame):
+        if run.stop:
+            raise KeyboardInterrupt
+        run.stop = True  # (no print here: the handler may run in the middle of another print)
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        handlers = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     except KeyboardInterrupt:
-        save_run(run)
-        run.say(f"\ninterrupted at iteration {run.it}: checkpoint saved to {run.ckpt_path} (continue with --resume)")
+        run.say(f"\nstopped at once at iteration {run.it}: the last checkpoint saved is kept")
         raise
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         if run.ddp:
             torch.distributed.destroy_process_group()
 
 
+def stop_requested(run):
+    """Under torchrun every process must stop at the same step: stop if any process was asked to."""
+    if not run.ddp:
+        return run.stop
+    flag = torch.tensor([float(run.stop)], device=run.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def finish_run(run):
-    """metrics.json, log.csv and loss.png; returns what the caller samples from."""
+    """Stopped early: save and say how to go on. Done: metrics.json. Returns what the caller samples from."""
+    result = {"model": run.raw_model, "itos": run.itos, "device": run.device, "history": run.history,
+              "rank": run.rank, "stopped": run.stop}
+    if run.stop:
+        save_run(run)
+        run.say(f"stopped at iteration {run.it}: checkpoint saved to {run.ckpt_path} (continue with --resume)")
+        return result
     this_run = run.clock.local() - run.clock.offset
-    metrics = {"best_val_loss": run.best_val, "final_val_loss": run.history[-1][2], "iters": run.it,
-               "train_seconds": round(run.clock.local(), 1),
-               "tokens_per_second": round((run.it - run.it_start) * run.tokens_per_iter / max(this_run, 1e-9)),
-               "params": run.n_params, "device": run.device, "config": asdict(run.cfg)}
+    result["metrics"] = metrics = {
+        "best_val_loss": run.best_val, "best_val_bpc": round(bpc(run.best_val), 4),
+        "final_val_loss": run.history[-1][2], "iters": run.it, "train_seconds": round(run.clock.local(), 1),
+        "tokens_per_second": round((run.it - run.it_start) * run.tokens_per_iter / max(this_run, 1e-9)),
+        "params": run.n_params, "device": run.device, "config": asdict(run.cfg)}
     if run.rank == 0:
-        write_outputs(run.cfg.out_dir, run.history, metrics)
-        run.say(f"best val loss {run.best_val:.4f}; wrote {run.cfg.out_dir}/ckpt.pt, log.csv, metrics.json, loss.png")
-    return {"model": run.raw_model, "itos": run.itos, "device": run.device, "history": run.history,
-            "metrics": metrics, "rank": run.rank}
+        with open(os.path.join(run.cfg.out_dir, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+        run.say(f"best val loss {run.best_val:.4f} ({bpc(run.best_val):.3f} bpc); wrote {run.cfg.out_dir}/ckpt.pt, "
+                "log.csv, metrics.json, loss.png")
+    return result
 
 
 def load_model(out_dir, device="cpu"):
@@ -1118,9 +1244,29 @@ def check_torch_version(version):
                          f"pip install 'torch>={need}'")
 
 
+def evaluate_checkpoint(cfg):
+    """--eval_only: the checkpoint's loss on the whole val split of --input, in nats, bits and perplexity."""
+    device = pick_device(cfg.device)
+    model, itos = load_model(cfg.out_dir, device)
+    text = read_text(cfg.input)
+    try:
+        data = encode_text(text, {c: i for i, c in enumerate(itos)})
+    except UsageError as e:
+        raise UsageError(f"{cfg.input}: {e}; evaluate on a text with the training text's characters") from None
+    val = data[int(0.9 * len(data)):]
+    if len(val) < 2:
+        raise UsageError(f"{cfg.input} is too short: its last 10% must hold at least 2 characters")
+    loss = evaluate_text(model, val, model.block_size, device)
+    print(f"val loss {loss:.4f} nats/char, {bpc(loss):.4f} bits/char, perplexity {math.exp(loss):.3f}, "
+          f"over {len(val) - 1:,} characters of {cfg.input} (the last 10%, each predicted once)")
+
+
 def main(argv=None):
     check_torch_version(torch.__version__)
     cfg = parse_args(argv)
+    check_mode(cfg)
+    if cfg.eval_only:
+        return evaluate_checkpoint(cfg)
     if cfg.sample_only:
         check_sample_flags(cfg)
         device = pick_device(cfg.device)
@@ -1128,6 +1274,8 @@ def main(argv=None):
         print_samples(model, itos, cfg, device)
         return
     result = train(cfg)
+    if result["stopped"]:
+        sys.exit(130)
     if result["rank"] == 0:
         print_samples(result["model"], result["itos"], cfg, result["device"])
 

@@ -38,12 +38,15 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import typing
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,24 +56,6 @@ import torch.nn.functional as F
 # -----------------------------------------------------------------------------
 # A character-level model reads text one character (Unicode code point) at a time. The vocabulary
 # is the sorted set of characters in the text; a character's id is its index in that list.
-
-def read_text(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise UsageError(f"input file {path} not found: pass --input=PATH to a UTF-8 text file") from None
-    except IsADirectoryError:
-        raise UsageError(f"--input={path} is a directory: pass a UTF-8 text file") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"input file {path} is not UTF-8 text (byte {e.start}): "
-                         "convert it, e.g. iconv -t utf-8") from None
-    except OSError as e:
-        raise UsageError(f"cannot read input file {path} ({e.strerror}): check the path and its permissions") from None
-    if not text:
-        raise UsageError(f"input file {path} is empty: give it some text to learn from")
-    return text
-
 
 def build_vocab(text):
     """The sorted distinct characters of the text: ids 0..V-1."""
@@ -98,9 +83,35 @@ def decode(ids, itos):
 # The hidden state at the end of chunk k is where chunk k + 1 starts; after the last chunk that
 # fits, a new pass over the text begins, from a zero hidden state.
 
+# A big text: encode() makes one Python int per character, about 36 bytes each with the list's slot,
+# so 100 MB of text would need 3.6 GB. encode_text() does the same in NumPy, a slice at a time: each
+# character's code point (its UTF-32 value) indexes a lookup table whose entries are the ids. The ids
+# go in the smallest integer type that holds them: 1 byte per character for up to 256 characters
+# (int16 holds 32,768, int32 the rest); a chunk converts only its own characters to int64 (get_chunk).
+
+def id_dtype(vocab_size):
+    return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 2**15 else np.int32
+
+
+def encode_text(text, stoi, slice_chars=2**22):
+    """encode(text, stoi) as a 1-D tensor of the smallest id type, without a Python int per character."""
+    codes = sorted(ord(c) for c in stoi)
+    table = np.full(codes[-1] + 2, -1, dtype=np.int32)       # code point -> id; -1: not in the vocabulary
+    table[codes] = [stoi[chr(c)] for c in codes]
+    ids = np.empty(len(text), dtype=id_dtype(len(stoi)))
+    for start in range(0, len(text), slice_chars):
+        cp = np.frombuffer(text[start:start + slice_chars].encode("utf-32-le"), dtype=np.uint32)
+        part = table[np.minimum(cp, len(table) - 1)]           # a code point past the table reads -1
+        if part.min() < 0:
+            missing = sorted(set(text) - set(stoi))
+            raise UsageError(f"the text has characters the vocabulary lacks: {''.join(missing)!r}")
+        ids[start:start + len(part)] = part
+    return torch.from_numpy(ids)
+
+
 def split_data(text, stoi, batch_size, block_size):
     """First 90% of the text to train on, last 10% to validate on: one long tensor of ids each."""
-    data = torch.tensor(encode(text, stoi), dtype=torch.long)
+    data = encode_text(text, stoi)
     n = int(0.9 * len(data))
     train, val = data[:n], data[n:]
     chunk = batch_size * (block_size + 1)  # one chunk of every stream, plus the targets' extra character
@@ -127,8 +138,8 @@ def get_chunk(streams, k, block_size):
     # Why shifted: at position t the model has read characters ..t and must predict character t + 1, so
     # one chunk of T characters (plus one) trains T predictions at once, one per position.
     start = k * block_size
-    x = streams[:, start: start + block_size]                          # (B, T)
-    y = streams[:, start + 1: start + block_size + 1]                  # (B, T)
+    x = streams[:, start: start + block_size].long()                   # (B, T)
+    y = streams[:, start + 1: start + block_size + 1].long()           # (B, T)
     return x, y
 
 
@@ -434,11 +445,35 @@ def estimate_loss(model, splits, cfg, device):
     return out
 
 
+# The figure to report for a trained model is the loss on the whole val text, every character predicted
+# once, with no random batches: the model reads the text as one stream, block_size characters at a time,
+# carrying its hidden state from each piece to the next, so every prediction sees all the text before it.
+# Units: the loss is in nats (natural log). Divided by ln 2 it is in bits per character (bpc), the unit
+# of the char-rnn write-ups and the enwik8 tables; e^loss is the perplexity, the number of equally likely
+# characters the model is as unsure as.
+
+@torch.no_grad()
+def evaluate_text(model, data, block_size, device):
+    """Mean loss (nats) over characters 1..N-1 of data, each predicted from all the characters before it."""
+    model.eval()
+    N, hidden, total = len(data), None, 0.0
+    for s in range(0, N - 1, block_size):
+        end = min(s + block_size, N - 1)
+        x = data[s:end].long()[None].to(device)               # (1, <= T)
+        y = data[s + 1:end + 1].long()[None].to(device)
+        logits, _, hidden = model(x, None, hidden)
+        total += F.cross_entropy(logits[0], y[0], reduction="sum").item()
+    model.train()
+    return total / (N - 1)
+
+
 # 5e. The training loop. Each iteration reads the next chunk of every stream, starting from the hidden
 # state the previous chunk ended with, detached: truncated backpropagation through time, so the graph and
 # the memory stay one chunk long (section 3). After the last chunk that fits, a new pass over the text
-# starts from a zero state. Every eval_interval iterations, and when the budget is spent, evaluate and
-# save a checkpoint. `run` holds the model, streams and optimizers; start_run builds it (section 7d).
+# starts from a zero state. Every eval_interval iterations, and when the budget is spent, evaluate, log
+# and save a checkpoint. Ctrl-C does not cut a step in half: it sets run.stop, and the loop saves and
+# stops after the step it is in. `run` holds the model, streams and optimizers; start_run builds it
+# (section 7e).
 
 def train(cfg, quiet=False):
     """Train a recurrent network as cfg says. Returns a dict: model, itos, history (rows of log.csv),
@@ -449,9 +484,9 @@ def train(cfg, quiet=False):
         while True:
             progress = budget_progress(run.it, run.clock.local(), cfg)
             done = progress >= 1.0
-            if (run.it % cfg.eval_interval == 0 and run.it != run.resumed_at) or done:
+            if (run.it % cfg.eval_interval == 0 and run.it != run.evaluated_at) or done:
                 evaluate_and_save(run)
-            if done:
+            if done or stop_requested(run):
                 break
             lr = get_lr(run.it, progress, cfg)
             x, y = get_chunk(run.train_streams, run.chunk, cfg.block_size)
@@ -554,7 +589,11 @@ class Config:
     grad_clip: float = knob(1.0, "clip the gradient norm to this (0: off)")
     # resuming and sampling
     resume: bool = knob(False, "continue training from out_dir/ckpt.pt (its model shape and optimizer win over "
-                               "the flags)")
+                               "the flags). With the same --max_iters/--max_seconds the run continues the same "
+                               "learning-rate curve; a larger budget stretches the cosine over the new budget, "
+                               "so the rate rises again")
+    eval_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print its loss on the whole val split "
+                                  "(the last tenth) of --input, every character predicted once")
     sample_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print samples")
     prompt: str = knob("\n", "text the samples continue (it primes the hidden state)")
     max_new_tokens: int = knob(500, "characters to generate per sample")
@@ -663,6 +702,11 @@ def check_config(cfg: Config):
     check_sample_flags(cfg)
 
 
+def check_mode(cfg: Config):
+    if cfg.eval_only + cfg.sample_only + cfg.resume > 1:
+        raise UsageError("--eval_only, --sample_only and --resume exclude each other: give one")
+
+
 def check_sample_flags(cfg: Config):
     if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
         raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
@@ -679,7 +723,29 @@ def check_prompt(prompt, stoi):
                          "use characters from the training text")
 
 
-# 7c. Checkpoints. torch.save writes a pickle; loading an arbitrary pickle can run code, so we store
+# 7c. Reading the text, with a one-line error for each way it can fail.
+
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"input file {path} not found: pass --input=PATH to a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--input={path} is a directory: pass a UTF-8 text file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"input file {path} is not UTF-8 text (byte {e.start}): "
+                         "convert it, e.g. iconv -t utf-8") from None
+    except OSError as e:
+        raise UsageError(f"cannot read input file {path} ({e.strerror}): check the path and its permissions") from None
+    if not text:
+        raise UsageError(f"input file {path} is empty: give it some text to learn from")
+    if text.isspace():
+        raise UsageError(f"input file {path} holds only whitespace: give it some text to learn from")
+    return text
+
+
+# 7d. Checkpoints. torch.save writes a pickle; loading an arbitrary pickle can run code, so we store
 # only tensors and plain Python values and load with weights_only=True. A checkpoint is written to
 # a temporary file and then renamed: the rename is atomic, so a crash mid-write keeps the old one.
 # Besides the weights, it holds where the streams are and the carried hidden state, so a resumed
@@ -725,13 +791,27 @@ def prepare_out_dir(out_dir):
                          "choose a writable folder") from None
 
 
-def write_outputs(out_dir, history, metrics):
-    with open(os.path.join(out_dir, "log.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s"])
-        w.writerows(history)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+# The log is written as the run goes: one row per evaluation, appended and flushed, and the plot redrawn,
+# so a run killed at any moment leaves every evaluation made so far. Columns: the losses in nats, then in
+# bits per character (loss / ln 2).
+LOG_COLUMNS = ["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s", "train_bpc", "val_bpc"]
+
+
+def log_row(row):
+    return [*row, round(row[1] / math.log(2), 4), round(row[2] / math.log(2), 4)]
+
+
+def start_log(out_dir, history):
+    """A new log.csv: the header, and the rows a resumed checkpoint already holds."""
+    path = os.path.join(out_dir, "log.csv")
+    with open(path + ".tmp", "w", newline="") as f:
+        csv.writer(f).writerows([LOG_COLUMNS, *map(log_row, history)])
+    os.replace(path + ".tmp", path)
+
+
+def append_log(out_dir, history):
+    with open(os.path.join(out_dir, "log.csv"), "a", newline="") as f:
+        csv.writer(f).writerow(log_row(history[-1]))
     plot_losses(history, os.path.join(out_dir, "loss.png"))
 
 
@@ -745,10 +825,11 @@ def plot_losses(history, path):
     ax.set(xlabel="iteration", ylabel="loss (nats per character)", title=f"{KIND}: loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path + ".tmp.png", dpi=100)  # then renamed: a reader never sees half a picture
+    os.replace(path + ".tmp.png", path)
 
 
-# 7d. The clock, and the run around the loop of section 5e. The budget counts training time only: the
+# 7e. The clock, and the run around the loop of section 5e. The budget counts training time only: the
 # Clock leaves evaluation out.
 
 class Clock:
@@ -811,11 +892,14 @@ def start_run(cfg, quiet=False):
     text = read_text(cfg.input)
     run.itos = ckpt["itos"] if ckpt else build_vocab(text)
     stoi = {c: i for i, c in enumerate(run.itos)}
-    if ckpt and set(text) - set(stoi):
-        raise UsageError(f"{cfg.input} has characters the checkpoint's vocabulary lacks: "
-                         "resume on the text it was trained on")
+    try:
+        train_data, val_data = split_data(text, stoi, cfg.batch_size, cfg.block_size)
+    except UsageError as e:
+        if not ckpt:
+            raise
+        raise UsageError(f"{cfg.input}: {e}; resume on the text it was trained on") from None
+    del text  # a big text: keep only its ids
     check_prompt(cfg.prompt, stoi)  # the sample comes after training: fail now, not in 5 minutes
-    train_data, val_data = split_data(text, stoi, cfg.batch_size, cfg.block_size)
     run.train_streams = make_streams(train_data, cfg.batch_size)             # (B, N)
     run.val_streams = make_streams(val_data, cfg.batch_size)
     run.n_chunks = chunks_per_pass(run.train_streams, cfg.block_size)
@@ -828,9 +912,10 @@ def start_run(cfg, quiet=False):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range with a 10-bit mantissa
         torch.backends.cudnn.allow_tf32 = True
     run.it, run.best_val, run.history, run.chunk, run.hidden = 0, float("inf"), [], 0, None
-    run.resumed_at = None
+    run.evaluated_at, run.stop = None, False
     if ckpt:
         resume_from(run, ckpt)
+    start_log(cfg.out_dir, run.history)
     run.n_params = count_params(run.model)
     run.say(f"{KIND}: {cfg.model} ({cfg.impl}), {run.n_params:,} parameters, vocabulary {len(run.itos)}, "
             f"{len(train_data):,} training characters, device {device}; float32: {KIND}.py trains in float32 "
@@ -846,7 +931,7 @@ def resume_from(run, ckpt):
     for opt, state in zip(run.optimizers, ckpt["optimizers"], strict=True):
         opt.load_state_dict(state)
     run.it, run.best_val, run.history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
-    run.resumed_at = run.it  # that iteration was evaluated before the checkpoint was written
+    run.evaluated_at = run.history[-1][0] if run.history else None  # not evaluated twice
     run.chunk, run.hidden = ckpt["chunk"], hidden_to(ckpt["hidden"], run.device)
     torch.set_rng_state(ckpt["rng"])
     if budget_progress(run.it, ckpt["train_seconds"], run.cfg) >= 1:
@@ -876,8 +961,14 @@ def evaluate_and_save(run):
     run.best_val = min(run.best_val, losses["val"])
     run.history.append((run.it, round(losses["train"], 4), round(losses["val"], 4), round(run.clock.local(), 1),
                         round(run.tokens_per_s)))
-    run.say(f"eval iter {run.it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    run.say(f"eval iter {run.it}: train loss {losses['train']:.4f} ({bpc(losses['train']):.3f} bpc), "
+            f"val loss {losses['val']:.4f} ({bpc(losses['val']):.3f} bpc)")
     save_run(run)
+    append_log(run.cfg.out_dir, run.history)
+
+
+def bpc(loss):
+    return loss / math.log(2)
 
 
 def log_progress(run, loss, lr, progress):
@@ -892,30 +983,57 @@ def log_progress(run, loss, lr, progress):
             f" | lr {lr:.2e} | {fmt_seconds(left)} left")
 
 
+# Stopping: the first Ctrl-C (SIGINT), or the SIGTERM a job scheduler sends, only sets run.stop; the loop
+# finishes its step and stops, and finish_run saves. Cut mid-step, a checkpoint could hold a model the
+# optimizer has half updated. A second Ctrl-C stops at once; the last checkpoint written stays as it was
+# (checkpoints are replaced by a rename, never overwritten in place).
+
 @contextmanager
 def bookkeeping(run):
-    """Around the loop: Ctrl-C saves a checkpoint first."""
+    """Around the loop: the stop signals."""
+    def ask_to_stop(signum, frame):
+        if run.stop:
+            raise KeyboardInterrupt
+        run.stop = True  # (no print here: the handler may run in the middle of another print)
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        handlers = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     except KeyboardInterrupt:
-        save_run(run)
-        run.say(f"\ninterrupted at iteration {run.it}: checkpoint saved to {run.ckpt_path} (continue with --resume)")
+        run.say(f"\nstopped at once at iteration {run.it}: the last checkpoint saved is kept")
         raise
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def stop_requested(run):
+    return run.stop  # (char_gpt.py also asks the other processes here; this script runs in one)
 
 
 def finish_run(run):
-    """metrics.json, log.csv and loss.png; returns what the caller samples from."""
+    """Stopped early: save and say how to go on. Done: metrics.json. Returns what the caller samples from."""
+    result = {"model": run.model, "itos": run.itos, "history": run.history, "device": run.device,
+              "stopped": run.stop}
+    if run.stop:
+        save_run(run)
+        run.say(f"stopped at iteration {run.it}: checkpoint saved to {run.ckpt_path} (continue with --resume)")
+        return result
     this_run = run.clock.local() - run.clock.offset
-    metrics = {"best_val_loss": run.best_val, "final_val_loss": run.history[-1][2], "iters": run.it,
-               "train_seconds": round(run.clock.local(), 1),
-               "tokens_per_second": round((run.it - run.it_start) * run.tokens_per_iter / max(this_run, 1e-9)),
-               "params": run.n_params, "device": run.device, "config": asdict(run.cfg)}
-    write_outputs(run.cfg.out_dir, run.history, metrics)
-    run.say(f"best val loss {run.best_val:.4f}; wrote {run.cfg.out_dir}/ckpt.pt, log.csv, metrics.json, loss.png")
-    return {"model": run.model, "itos": run.itos, "history": run.history, "metrics": metrics, "device": run.device}
+    result["metrics"] = metrics = {
+        "best_val_loss": run.best_val, "best_val_bpc": round(bpc(run.best_val), 4),
+        "final_val_loss": run.history[-1][2], "iters": run.it, "train_seconds": round(run.clock.local(), 1),
+        "tokens_per_second": round((run.it - run.it_start) * run.tokens_per_iter / max(this_run, 1e-9)),
+        "params": run.n_params, "device": run.device, "config": asdict(run.cfg)}
+    with open(os.path.join(run.cfg.out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    run.say(f"best val loss {run.best_val:.4f} ({bpc(run.best_val):.3f} bpc); wrote {run.cfg.out_dir}/ckpt.pt, "
+            "log.csv, metrics.json, loss.png")
+    return result
 
 
-# 7e. Sampling from a checkpoint, and the command line's entry point.
+# 7f. Sampling from a checkpoint, and the command line's entry point.
 
 def load_model(out_dir, device="cpu", impl=None):
     """The trained model and its vocabulary from out_dir/ckpt.pt (impl: override the one it trained with)."""
@@ -951,9 +1069,29 @@ def check_torch_version(version):
                          f"pip install 'torch>={need}'")
 
 
+def evaluate_checkpoint(cfg):
+    """--eval_only: the checkpoint's loss on the whole val split of --input, in nats, bits and perplexity."""
+    device = pick_device(cfg.device)
+    model, itos = load_model(cfg.out_dir, device, cfg.impl)
+    text = read_text(cfg.input)
+    try:
+        data = encode_text(text, {c: i for i, c in enumerate(itos)})
+    except UsageError as e:
+        raise UsageError(f"{cfg.input}: {e}; evaluate on a text with the training text's characters") from None
+    val = data[int(0.9 * len(data)):]
+    if len(val) < 2:
+        raise UsageError(f"{cfg.input} is too short: its last 10% must hold at least 2 characters")
+    loss = evaluate_text(model, val, 256, device)  # any piece length gives the same loss: the state is carried
+    print(f"val loss {loss:.4f} nats/char, {bpc(loss):.4f} bits/char, perplexity {math.exp(loss):.3f}, "
+          f"over {len(val) - 1:,} characters of {cfg.input} (the last 10%, each predicted once)")
+
+
 def main(argv=None):
     check_torch_version(torch.__version__)
     cfg = parse_args(argv)
+    check_mode(cfg)
+    if cfg.eval_only:
+        return evaluate_checkpoint(cfg)
     if cfg.sample_only:
         check_sample_flags(cfg)
         device = pick_device(cfg.device)
@@ -961,6 +1099,8 @@ def main(argv=None):
         print_samples(model, itos, cfg, device)
         return
     result = train(cfg)
+    if result["stopped"]:
+        sys.exit(130)
     print_samples(result["model"], result["itos"], cfg, result["device"])
 
 

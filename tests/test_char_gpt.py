@@ -1,6 +1,7 @@
 """char_gpt.py's model, checked against references: the attention formula against torch's fused kernel,
 causality, the key/value cache against full recomputation, and that the model can learn."""
 
+import math
 import os
 import subprocess
 import sys
@@ -22,6 +23,31 @@ def tiny_config(**kw):
 def tiny_model(vocab_size=20, seed=0, **kw):
     torch.manual_seed(seed)
     return cg.GPT(tiny_config(**kw), vocab_size).eval()
+
+
+# ---------------------------------------------------------------- data
+
+@pytest.mark.parametrize("n_chars, dtype", [(65, torch.uint8), (3000, torch.int16), (40000, torch.int32)])
+def test_encode_text_equals_encode_in_the_smallest_type(n_chars, dtype):
+    g = torch.Generator().manual_seed(0)
+    codes = [*range(0x20, 0x7F), *range(0x4E00, 0x9FFF), *range(0x1F300, 0x1F3FF), *range(0x20000, 0x2A6DF)]
+    chosen = torch.randperm(len(codes), generator=g)[:n_chars].tolist()
+    text = "".join(chr(codes[i]) for i in chosen) * 3
+    itos = cg.build_vocab(text)
+    stoi = {c: i for i, c in enumerate(itos)}
+    ids = cg.encode_text(text, stoi, slice_chars=1000)  # several slices
+    assert ids.dtype == dtype and ids.tolist() == cg.encode(text, stoi)
+
+
+def test_encode_text_names_the_characters_the_vocabulary_lacks():
+    with pytest.raises(cg.UsageError, match="'xz'"):
+        cg.encode_text("abxaz", {"a": 0, "b": 1})
+
+
+def test_batches_are_int64_whatever_the_stored_type():
+    data = torch.arange(100, dtype=torch.uint8)
+    x, y = cg.get_batch(data, 4, 8, torch.Generator().manual_seed(0))
+    assert x.dtype == y.dtype == torch.int64 and torch.equal(y[:, :-1], x[:, 1:])
 
 
 # ---------------------------------------------------------------- attention
@@ -114,6 +140,21 @@ def test_changing_a_future_character_never_changes_an_earlier_logit():
         new, _ = model(changed)
         torch.testing.assert_close(new[0, :t], logits[0, :t], rtol=0, atol=0)
         assert not torch.allclose(new[0, t:], logits[0, t:])
+
+
+@pytest.mark.parametrize("N", [25, 26, 40, 61])
+def test_evaluate_text_predicts_every_character_once_from_the_context_it_documents(N):
+    """Character t >= 1 is predicted from characters c..t-1, c = S ceil(max(0, t - T) / S), S = T / 2:
+    checked one character at a time against that closed form."""
+    model = tiny_model()
+    T, S = 24, 12
+    data = torch.randint(20, (N,), generator=torch.Generator().manual_seed(N)).to(torch.uint8)
+    ref = 0.0
+    for t in range(1, N):
+        c = S * math.ceil(max(0, t - T) / S)
+        logits, _ = model(data[c:t].long()[None])
+        ref += F.cross_entropy(logits[0, -1], data[t].long()).item()
+    assert cg.evaluate_text(model, data, T, "cpu") == pytest.approx(ref / (N - 1), abs=1e-6)
 
 
 def test_loss_is_the_cross_entropy_of_the_logits():

@@ -187,6 +187,27 @@ def test_shapes(kind):
     assert len(flat(hidden)) == (2 if kind == "lstm" else 1)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_evaluate_text_in_pieces_equals_one_pass_over_the_whole_text(kind):
+    """Carrying the hidden state from piece to piece, the pieces' length cannot change the loss."""
+    model = tiny_model(model=kind, impl="fused").eval()
+    data = torch.randint(20, (50,), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    logits, _, _ = model(data[:-1].long()[None])
+    one_pass = torch.nn.functional.cross_entropy(logits[0], data[1:].long()).item()
+    for piece in (7, 12, 49, 100):
+        assert cr.evaluate_text(model, data, piece, "cpu") == pytest.approx(one_pass, abs=1e-6)
+
+
+def test_encode_text_equals_encode_in_the_smallest_type():
+    text = "ROMEO: 你好, wörld 🎉\n" * 50
+    itos = cr.build_vocab(text)
+    stoi = {c: i for i, c in enumerate(itos)}
+    ids = cr.encode_text(text, stoi, slice_chars=37)
+    assert ids.dtype == torch.uint8 and ids.tolist() == cr.encode(text, stoi)
+    x, y = cr.get_chunk(cr.make_streams(ids, 3), 1, 5)
+    assert x.dtype == y.dtype == torch.int64
+
+
 def test_loss_starts_near_log_vocab():
     _, loss, _ = tiny_model(vocab_size=20)(torch.randint(20, (3, 12)), torch.randint(20, (3, 12)))
     assert abs(loss.item() - torch.log(torch.tensor(20.0)).item()) < 0.5

@@ -5,6 +5,7 @@ Every test here runs the real script in a subprocess, the way a user does, with 
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -44,12 +45,16 @@ def test_twenty_iterations_then_a_sample(script, tmp_path, text_file):
     out = tmp_path / "out"
     assert {"ckpt.pt", "log.csv", "metrics.json", "loss.png"} <= {p.name for p in out.iterdir()}
     rows = list(csv.DictReader((out / "log.csv").open()))
-    assert list(rows[0]) == ["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s"]
+    assert list(rows[0]) == ["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s", "train_bpc", "val_bpc"]
     assert [int(r["iter"]) for r in rows] == [0, 10, 20]
+    for r in rows:  # bits per character = nats / ln 2
+        assert float(r["val_bpc"]) == pytest.approx(float(r["val_loss"]) / math.log(2), abs=2e-4)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it learned something
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("best_val_loss", "final_val_loss", "iters", "train_seconds", "tokens_per_second", "params"):
         assert key in metrics
+    assert metrics["best_val_bpc"] == pytest.approx(metrics["best_val_loss"] / math.log(2), abs=1e-4)
+    assert "bpc)" in proc.stdout
     assert metrics["iters"] == 20 and metrics["final_val_loss"] == float(rows[-1]["val_loss"])
     assert "ms/iter" in proc.stdout and "tok/s" in proc.stdout and "val loss" in proc.stdout
     sample = proc.stdout.split("--- sample ---\n")[1]
@@ -112,23 +117,120 @@ def test_resume_continues_exactly(script, optimizer, tmp_path, text_file):
     assert [r[0] for r in losses(parts)] == ["0", "50", "100", "150", "200"]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_ctrl_c_saves_a_checkpoint(script, tmp_path, text_file):
-    cmd = [sys.executable, "-u", str(REPO / script), "--input", str(text_file), "--out_dir", str(tmp_path / "out"),
-           "--max_iters", 100000, "--log_interval", 5, "--eval_interval", 100000, *TINY[script]]
+def start(script, tmp_path, text_file, *args):
+    """The script in the background, the way a user starts it in a terminal; stdout is read line by line."""
+    cmd = [sys.executable, "-u", str(REPO / script), "--input", text_file, "--out_dir", tmp_path / "out",
+           "--log_interval", 5, *TINY[script], *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # two threads on a busy machine can crawl
-    proc = subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen(list(map(str, cmd)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
-    for line in proc.stdout:  # wait until it is training
-        if line.startswith("iter 10 "):
-            break
+
+
+def wait_for(proc, prefix):
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"the run ended before printing {prefix!r}: {proc.stderr.read()}")
+
+
+def losses(out_dir):
+    return [(r["iter"], r["train_loss"], r["val_loss"]) for r in csv.DictReader((out_dir / "log.csv").open())]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_ctrl_c_finishes_the_step_and_resuming_gives_the_same_losses(script, tmp_path, text_file):
+    """A cosine schedule over a fixed --max_iters: stopped by Ctrl-C, then resumed with the same flags,
+    the run logs the same losses as one never stopped (the same learning-rate curve, the same batches)."""
+    flags = ["--max_iters", 120, "--eval_interval", 40, "--eval_iters", 2, "--warmup_iters", 10,
+             "--max_new_tokens", 1, "--device", "cpu"]
+    assert train(script, tmp_path / "straight", text_file, *flags).returncode == 0
+    proc = start(script, tmp_path / "parts", text_file, *flags)
+    wait_for(proc, "iter 50 ")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    stopped = [line for line in out.splitlines() if line.startswith("stopped at iteration")]
+    assert len(stopped) == 1 and "continue with --resume" in stopped[0], out
+    ckpt = torch.load(tmp_path / "parts" / "out" / "ckpt.pt", weights_only=True)
+    assert 50 <= ckpt["iter"] < 120 and ckpt["kind"] == KIND[script]
+    assert len(losses(tmp_path / "parts" / "out")) >= 2  # the log was written as the run went
+
+    proc = train(script, tmp_path / "parts", text_file, *flags, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert losses(tmp_path / "parts" / "out") == losses(tmp_path / "straight" / "out")
+    assert [r[0] for r in losses(tmp_path / "straight" / "out")] == ["0", "40", "80", "120"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_sigterm_stops_gracefully_too(script, tmp_path, text_file):
+    proc = start(script, tmp_path, text_file, "--max_iters", 100000, "--eval_interval", 100000)
+    wait_for(proc, "iter 10 ")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130 and "Traceback" not in err, err
     assert "checkpoint saved" in out
-    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
-    assert ckpt["iter"] >= 10 and ckpt["kind"] == KIND[script]
+    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["iter"] >= 10
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_run_killed_outright_leaves_its_log(script, tmp_path, text_file):
+    """kill -9 gives the program no chance to write anything: the log must already be on disk."""
+    proc = start(script, tmp_path, text_file, "--max_iters", 100000, "--eval_interval", 10, "--eval_iters", 1)
+    wait_for(proc, "iter 25 ")  # printed after evaluation 20 was logged
+    proc.kill()
+    proc.communicate(timeout=60)
+    rows = losses(tmp_path / "out")
+    assert [r[0] for r in rows[:3]] == ["0", "10", "20"]
+    assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_second_ctrl_c_stops_at_once_without_saving(script, monkeypatch):
+    """The first signal only asks; the second raises KeyboardInterrupt where the program is, and nothing
+    is saved then (a checkpoint written mid-step could hold a half-updated model)."""
+    module = __import__(KIND[script])
+    saved = []
+    monkeypatch.setattr(module, "save_run", lambda run: saved.append(run.it))
+    run = module.Run()
+    run.stop, run.it, run.ddp, run.say = False, 7, False, lambda *a, **k: None
+    with pytest.raises(KeyboardInterrupt):
+        with module.bookkeeping(run):
+            signal.raise_signal(signal.SIGINT)
+            assert run.stop  # asked, not stopped: the step goes on
+            signal.raise_signal(signal.SIGINT)
+            raise AssertionError("the second Ctrl-C did not interrupt")
+    assert saved == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+# ---------------------------------------------------------------- evaluating a checkpoint
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_eval_only_reports_nats_bits_and_perplexity(script, tmp_path, text_file):
+    assert train(script, tmp_path, text_file, "--max_iters", 20, "--max_new_tokens", 1).returncode == 0
+    proc = run(script, "--eval_only", "--input", text_file, "--out_dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    nats, bits, ppl = (float(line.split(word)[0].split()[-1].rstrip(",")) for word in
+                       (" nats/char", " bits/char", ", over"))
+    assert bits == pytest.approx(nats / math.log(2), abs=2e-4) and ppl == pytest.approx(math.exp(nats), rel=1e-3)
+    assert f"over {len(SMALL_TEXT) - int(0.9 * len(SMALL_TEXT)) - 1:,} characters" in line
+    again = run(script, "--eval_only", "--input", text_file, "--out_dir", tmp_path / "out")
+    assert again.stdout == proc.stdout  # no random batches: the same number every time
+
+    other = tmp_path / "other.txt"  # another text with the same characters
+    other.write_text(SMALL_TEXT[::-1], encoding="utf-8")
+    proc = run(script, "--eval_only", "--input", other, "--out_dir", tmp_path / "out")
+    assert proc.returncode == 0 and "nats/char" in proc.stdout, proc.stderr
+    other.write_text(SMALL_TEXT + "\u00e9~", encoding="utf-8")
+    assert_one_line_error(run(script, "--eval_only", "--input", other, "--out_dir", tmp_path / "out"),
+                          "\u00e9", "~", "lacks")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_eval_only_and_sample_only_exclude_each_other(script, tmp_path):
+    assert_one_line_error(run(script, "--eval_only", "--sample_only", "--out_dir", tmp_path), "--eval_only")
 
 
 # ---------------------------------------------------------------- bad input: one line, no traceback
@@ -148,6 +250,18 @@ def test_empty_input(script, tmp_path):
 def test_input_not_utf8(script, tmp_path):
     (tmp_path / "latin1.txt").write_bytes("Fran\xe7ais, d\xe9j\xe0 vu\n".encode("latin-1") * 100)
     assert_one_line_error(run(script, "--input", tmp_path / "latin1.txt", "--out_dir", tmp_path), "UTF-8")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_input_of_only_whitespace(script, tmp_path):
+    (tmp_path / "blank.txt").write_text(" \n\t\n" * 5000)
+    assert_one_line_error(run(script, "--input", tmp_path / "blank.txt", "--out_dir", tmp_path), "whitespace")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_five_character_file_is_too_short_whatever_the_prompt(script, tmp_path):
+    (tmp_path / "tiny.txt").write_text("abcde")  # no newline, the default prompt: "too short" comes first
+    assert_one_line_error(run(script, "--input", tmp_path / "tiny.txt", "--out_dir", tmp_path), "too short")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
