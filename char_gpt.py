@@ -717,6 +717,10 @@ class Config:
     eval_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print its loss on the whole val split "
                                   "(the last tenth) of --input, every character predicted once")
     sample_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print samples")
+    serve: bool = knob(False, "do not train: serve out_dir/ckpt.pt over HTTP (a page at /, POST /generate) "
+                              "until Ctrl-C")
+    host: str = knob("127.0.0.1", "--serve listens here; 0.0.0.0 lets anyone on the network use the model")
+    port: int = knob(8000, "--serve listens on this port (0: any free one)")
     prompt: str = knob("\n", "text the samples continue")
     max_new_tokens: int = knob(500, "characters to generate per sample")
     num_samples: int = knob(1, "how many samples to print")
@@ -825,8 +829,8 @@ def check_config(cfg: Config):
 
 
 def check_mode(cfg: Config):
-    if cfg.eval_only + cfg.sample_only + cfg.resume > 1:
-        raise UsageError("--eval_only, --sample_only and --resume exclude each other: give one")
+    if cfg.eval_only + cfg.sample_only + cfg.serve + cfg.resume > 1:
+        raise UsageError("--eval_only, --sample_only, --serve and --resume exclude each other: give one")
 
 
 def check_sample_flags(cfg: Config):
@@ -1231,7 +1235,190 @@ def print_samples(model, itos, cfg, device):
         print()
 
 
-# 5g. Main: check the torch version, read the flags, train (or only sample), then sample.
+# 5g. Serving the model: a small lesson on what a web API is. A server waits on a port; a client (a
+# browser, curl, a program) sends a request: a method (GET to read, POST to send data), a path, headers,
+# and maybe a body; the server answers with a status code (200 OK, 400 the request is wrong, 404 no such
+# path, ...), headers, and a body. http.server from the standard library speaks the protocol; we write
+# what each path answers:
+#   GET  /          a page to try the model in a browser (assets/generate.html, shared by both scripts)
+#   GET  /health    the model, as JSON
+#   POST /generate  JSON in, {"prompt": "ROMEO:", "max_new_tokens": 200, ...}; JSON out, the text and
+#                   the settings used. With "stream": true, the characters as they are sampled instead.
+# Streaming uses HTTP/1.1 chunked transfer encoding: the body goes out in pieces, each prefixed by its
+# length, and the browser's fetch() reads them as they come. (Server-sent events would need the
+# browser's EventSource, which can only GET, and the prompt travels in a POST body.)
+# Each request runs in its own thread (ThreadingHTTPServer) with its own random generator and its own
+# key/value cache; the model is only read, so requests share nothing that changes. A client that stalls
+# is dropped after SOCKET_TIMEOUT seconds, so it cannot hold a thread for ever.
+
+MAX_BODY = 64 * 1024
+MAX_NEW_TOKENS_SERVED = 5000
+SOCKET_TIMEOUT = 30
+REQUEST_FIELDS = {"prompt": (str,), "max_new_tokens": (int,), "temperature": (int, float),
+                  "top_k": (int, type(None)), "seed": (int,), "stream": (bool,)}  # exact types: True is no int
+
+
+class BadRequest(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def read_request(body, cfg, stoi):
+    """The JSON body of POST /generate -> the settings to sample with, or BadRequest saying what to fix."""
+    try:
+        req = json.loads(body)
+    except ValueError:
+        raise BadRequest(400, 'the body is not JSON: send e.g. {"prompt": "ROMEO:"}') from None
+    if not isinstance(req, dict):
+        raise BadRequest(400, 'the body must be a JSON object, e.g. {"prompt": "ROMEO:"}')
+    unknown = sorted(set(req) - set(REQUEST_FIELDS))
+    if unknown:
+        raise BadRequest(400, f"unknown field {', '.join(unknown)}: the fields are {', '.join(REQUEST_FIELDS)}")
+    for name, value in req.items():
+        if type(value) not in REQUEST_FIELDS[name]:
+            kinds = " or ".join("null" if t is type(None) else t.__name__ for t in REQUEST_FIELDS[name])
+            raise BadRequest(400, f"{name} must be {kinds}, not {json.dumps(value)}")
+    settings = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
+                "seed": cfg.seed, "stream": False, **req}
+    prompt, n = settings.get("prompt", ""), settings["max_new_tokens"]
+    if not prompt:
+        raise BadRequest(400, "prompt is missing or empty: give at least one character to continue")
+    missing = sorted(set(prompt) - set(stoi))
+    if missing:
+        raise BadRequest(400, f"the prompt has characters the model never saw: {''.join(missing)!r}")
+    if not 1 <= n <= MAX_NEW_TOKENS_SERVED:
+        raise BadRequest(400, f"max_new_tokens={n}: ask for 1 to {MAX_NEW_TOKENS_SERVED}")
+    if settings["temperature"] < 0 or (settings["top_k"] is not None and settings["top_k"] < 1):
+        raise BadRequest(400, "temperature must be at least 0 and top_k at least 1 (or null)")
+    return settings
+
+
+def complete(model, itos, stoi, settings, device, on_text=None):
+    """The text the model samples after the prompt; on_text(str) sees each character as it comes.
+    The same settings and seed give the same text (and the same as --sample_only with that --seed)."""
+    g = torch.Generator().manual_seed(settings["seed"])
+    idx = torch.tensor([encode(settings["prompt"], stoi)], device=device)
+    new = []
+
+    def take(ids):
+        new.append(itos[ids.item()])
+        if on_text:
+            on_text(new[-1])
+    generate(model, idx, settings["max_new_tokens"], settings["temperature"], settings["top_k"], on_token=take,
+             generator=g)
+    return "".join(new)
+
+
+def make_handler(model, itos, device, cfg, about):
+    from http.server import BaseHTTPRequestHandler
+    stoi = {c: i for i, c in enumerate(itos)}
+    page = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "generate.html"), "rb").read()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # for chunked streaming and kept-alive connections
+        timeout = SOCKET_TIMEOUT
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path == "/":
+                self.answer(200, page, "text/html; charset=utf-8")
+            elif path == "/health":
+                self.answer_json(200, about)
+            elif path == "/generate":
+                self.not_allowed()
+            else:
+                self.answer_json(404, {"error": f"no such path {path}: try /, /health or POST /generate"})
+
+        def do_POST(self):
+            path = self.path.split("?")[0]
+            if path in ("/", "/health"):
+                return self.not_allowed()
+            if path != "/generate":
+                return self.answer_json(404, {"error": f"no such path {path}: POST goes to /generate"})
+            size = int(self.headers.get("Content-Length") or 0)
+            if size > MAX_BODY:
+                self.close_connection = True  # the body is left unread
+                return self.answer_json(413, {"error": f"the body is {size:,} bytes; the limit is {MAX_BODY:,}"})
+            try:
+                settings = read_request(self.rfile.read(size), cfg, stoi)
+            except BadRequest as e:
+                return self.answer_json(e.status, {"error": str(e)})
+            if settings["stream"]:
+                return self.stream(settings)
+            text = complete(model, itos, stoi, settings, device)
+            self.answer_json(200, {"text": text, "settings": settings})
+
+        def not_allowed(self):
+            self.answer_json(405, {"error": f"{self.command} {self.path} is not served: GET / or /health, "
+                                            "POST /generate"})
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = not_allowed
+
+        def stream(self, settings):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+
+            def send(piece):  # one chunk: its length in hex, the bytes, CRLF
+                data = piece.encode("utf-8")
+                self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            complete(model, itos, stoi, settings, device, on_text=send)
+            self.wfile.write(b"0\r\n\r\n")  # the empty chunk ends the body
+
+        def answer_json(self, status, obj):
+            self.answer(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+
+        def answer(self, status, body, content_type):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def handle(self):
+            try:
+                super().handle()
+            except OSError:  # the client went away, or stalled past SOCKET_TIMEOUT: stop serving it, quietly
+                pass
+
+        def log_message(self, format, *args):
+            pass  # one line per request would drown the terminal; errors go to the client
+
+    return Handler
+
+
+def serve(cfg):
+    """--serve: the checkpoint behind a local HTTP API and page, until Ctrl-C."""
+    from http.server import ThreadingHTTPServer
+    device = pick_device(cfg.device)
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    model, itos = load_model(cfg.out_dir, device)
+    about = {"kind": KIND, "parameters": count_params(model), "vocab_size": len(itos), "iters": ckpt["iter"],
+             "val_loss": round(ckpt["best_val_loss"], 4)}
+    try:
+        server = ThreadingHTTPServer((cfg.host, cfg.port), make_handler(model, itos, device, cfg, about))
+    except OSError as e:
+        raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}): choose another --port") from None
+    server.daemon_threads = True  # Ctrl-C does not wait for clients still connected
+    host, port = server.server_address[:2]
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model")
+    print(f"serving {KIND} ({about['parameters']:,} parameters, vocabulary {about['vocab_size']}, "
+          f"{about['iters']:,} iterations, val loss {about['val_loss']:.4f}) at http://{host}:{port}/ "
+          "(Ctrl-C stops)", flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the server (even where a shell ignored SIGINT)
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped serving")
+    finally:
+        server.server_close()
+
+
+# 5h. Main: check the torch version, read the flags, train (or only sample), then sample.
 
 MIN_TORCH = (2, 4)  # the oldest torch this file was tested with (requirements.txt says the same)
 
@@ -1267,6 +1454,9 @@ def main(argv=None):
     check_mode(cfg)
     if cfg.eval_only:
         return evaluate_checkpoint(cfg)
+    if cfg.serve:
+        check_sample_flags(cfg)
+        return serve(cfg)
     if cfg.sample_only:
         check_sample_flags(cfg)
         device = pick_device(cfg.device)

@@ -70,9 +70,9 @@ def decode(ids, itos):
     return "".join(itos[i] for i in ids)
 
 
-# Batching the char-rnn way. A GPT sees a whole window at once, so random windows are fine. An RNN
-# carries its hidden state from one batch to the next, so row b of each batch must continue the text
-# exactly where row b of the previous batch stopped.
+# Batching the char-rnn way. A model with no memory between batches could read windows from random
+# places. An RNN carries its hidden state from one batch to the next, so row b of each batch must
+# continue the text exactly where row b of the previous batch stopped.
 # We cut the text into batch_size equal streams, one per row, and read them all in step, block_size
 # characters at a time:
 #
@@ -83,11 +83,14 @@ def decode(ids, itos):
 # The hidden state at the end of chunk k is where chunk k + 1 starts; after the last chunk that
 # fits, a new pass over the text begins, from a zero hidden state.
 
-# A big text: encode() makes one Python int per character, about 36 bytes each with the list's slot,
-# so 100 MB of text would need 3.6 GB. encode_text() does the same in NumPy, a slice at a time: each
-# character's code point (its UTF-32 value) indexes a lookup table whose entries are the ids. The ids
-# go in the smallest integer type that holds them: 1 byte per character for up to 256 characters
-# (int16 holds 32,768, int32 the rest); a chunk converts only its own characters to int64 (get_chunk).
+# A big text: encode() makes a Python list, one 8-byte slot per character. The slots point to int
+# objects that already exist (each lookup returns stoi's own int), so no new int is made per character.
+# tracemalloc measures 8.4 bytes per character for 1M characters of input.txt: 100 MB of text would
+# need about 0.8 GB as a list, on top of the Python str itself. encode_text() does the same in NumPy, a
+# slice at a time: each character's code point (its UTF-32 value) indexes a lookup table whose entries
+# are the ids. The ids go in the smallest integer type that holds them: 1 byte per character for up to
+# 256 characters, 8x smaller than the list (int16 holds 32,768, int32 the rest); a chunk converts only
+# its own characters to int64 (get_chunk).
 
 def id_dtype(vocab_size):
     return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 2**15 else np.int32
@@ -96,6 +99,8 @@ def id_dtype(vocab_size):
 def encode_text(text, stoi, slice_chars=2**22):
     """encode(text, stoi) as a 1-D tensor of the smallest id type, without a Python int per character."""
     codes = sorted(ord(c) for c in stoi)
+    # One entry per code point up to the largest in the vocabulary, plus one: that last entry stays -1,
+    # and every code point past the table is clamped onto it, so it too reads "not in the vocabulary".
     table = np.full(codes[-1] + 2, -1, dtype=np.int32)       # code point -> id; -1: not in the vocabulary
     table[codes] = [stoi[chr(c)] for c in codes]
     ids = np.empty(len(text), dtype=id_dtype(len(stoi)))
@@ -104,6 +109,7 @@ def encode_text(text, stoi, slice_chars=2**22):
         part = table[np.minimum(cp, len(table) - 1)]           # a code point past the table reads -1
         if part.min() < 0:
             missing = sorted(set(text) - set(stoi))
+            # UsageError (section 7a): a one-line error for bad input, with no traceback
             raise UsageError(f"the text has characters the vocabulary lacks: {''.join(missing)!r}")
         ids[start:start + len(part)] = part
     return torch.from_numpy(ids)
@@ -114,9 +120,9 @@ def split_data(text, stoi, batch_size, block_size):
     data = encode_text(text, stoi)
     n = int(0.9 * len(data))
     train, val = data[:n], data[n:]
-    chunk = batch_size * (block_size + 1)  # one chunk of every stream, plus the targets' extra character
-    need = math.ceil(chunk / 0.1)  # the 10% split must hold one chunk of every stream
-    if len(val) < chunk:
+    need_per_split = batch_size * (block_size + 1)  # one chunk of every stream, plus the targets' extra character
+    need = math.ceil(need_per_split / 0.1)  # the 10% split must hold one chunk of every stream
+    if len(val) < need_per_split:
         raise UsageError(f"the input has {len(text):,} characters, too short for --batch_size={batch_size} "
                          f"streams of --block_size={block_size} (the 10% validation split needs one chunk "
                          f"per stream): use at least {need:,} characters or a smaller --batch_size or --block_size")
@@ -147,12 +153,14 @@ def get_chunk(streams, k, block_size):
 # 2. The cells
 # -----------------------------------------------------------------------------
 # A cell takes one time step's input x (B, I) and the previous state, and returns the next state.
+# I is the input's width and H the state's; in this file both are n_embd.
 # Every cell below computes a few "pre-activations" of the form W_ih x + b_ih + W_hh h + b_hh.
 # The equations are written as in the papers, W h with h a column vector; the code computes h @ W.T:
 # the same numbers, with h a (B, H) matrix whose rows are the batch's items, so one product serves
 # every stream at once.
 # The input half, W_ih x + b_ih, does not depend on h, so the model computes it for all time steps
 # in one big matrix product before the loop over time, and hands the cell its slice `xw` (B, G*H).
+# G is the number of gate blocks: 1 for the RNN, 4 for the LSTM, 3 for the GRU.
 # Only W_hh h must wait for the previous step: that sequential chain is what makes RNNs slow.
 # We keep torch's layout (two biases, gates stacked in torch's order) so the fused kernels can use
 # the very same tensors.
@@ -174,6 +182,8 @@ def rnn_cell(xw, h, w_hh, b_hh):
 #   o = sigmoid(W_io x + b_io + W_ho h + b_ho)    output gate: how much of c to show
 #   c' = f * c + i * g
 #   h' = o * tanh(c')
+# The code stacks the four blocks in torch's order: W_ih = [W_ii; W_if; W_ig; W_io] (4H x I), W_hh =
+# [W_hi; W_hf; W_hg; W_ho] (4H x H), and the biases likewise (4H), so one product gives all four gates.
 # When f is near 1 and i near 0, c passes through unchanged: a memory that lasts many steps.
 # And so does its gradient: along the cell state, dc'/dc = f, elementwise, with no product by a matrix,
 # so stepping back through time scales the gradient by f (near 1 where the cell keeps its memory)
@@ -195,6 +205,7 @@ def lstm_cell(xw, state, w_hh, b_hh):
 #   z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)          update gate: how much of the old h to keep
 #   n = tanh(W_in x + b_in + r * (W_hn h + b_hn))       candidate state
 #   h' = (1 - z) * n + z * h
+# Stacked in torch's order: W_ih = [W_ir; W_iz; W_in] (3H x I), W_hh = [W_hr; W_hz; W_hn] (3H x H).
 # Note r multiplies W_hn h + b_hn, after the product: that is torch's (and cuDNN's) variant.
 
 def gru_cell(xw, h, w_hh, b_hh):
@@ -217,25 +228,37 @@ CELLS = {"rnn": rnn_cell, "lstm": lstm_cell, "gru": gru_cell}
 # one layer of the vanilla RNN over one chunk. Unrolled over the chunk's T steps, the RNN is a
 # T-layer network whose layers all share the same weights:
 #   a_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh,    h_t = tanh(a_t),    t = 1..T, from the carried h_0
-# h_t reaches the loss by two roads: straight up (the read-out, or the layer above, hands us
-# dh_out_t = dL/dh_t) and through the next step's h_{t+1}. So we walk backward from the last step,
-# carrying dh_next, the gradient that arrives at h_t from step t + 1 (zero after the last step).
-# In the code's layout (rows are batch items, section 2), at each step t = T..1:
-#   da_t    = (dh_out_t + dh_next) * (1 - h_t^2)      tanh'(a) = 1 - tanh(a)^2 = 1 - h_t^2
+# We write dv for dL/dv, the gradient of the loss L with respect to v. h_t reaches the loss by two roads,
+# and its total gradient dh_t is the sum of the two parts:
+#   dh_t = dh_out_t + dh_next
+# dh_out_t is the direct part: what the read-out at step t (or the layer above) hands back. dh_next is
+# the part that comes through h_{t+1}, so through every later step; it is zero after the last step.
+# It is known only once step t + 1 is done, so we walk backward from the last step.
+# In the code's layout (rows are batch items, section 2) one step is a_t = x_t W_ih^T + h_{t-1} W_hh^T + b.
+# For a product Y = X W^T, Y[b, i] = sum over j of X[b, j] W[i, j], so dW = dY^T X and dX = dY W.
+# With Y = a_t and X = h_{t-1}, that gives dW_hh = da_t^T h_{t-1} and dh_{t-1} = da_t W_hh (through a_t).
+# So at each step t = T..1:
+#   dh_t    = dh_out_t + dh_next                      the total gradient for h_t
+#   da_t    = dh_t * (1 - h_t^2)                      tanh'(a) = 1 - tanh(a)^2 = 1 - h_t^2
 #   dW_hh  += da_t^T h_{t-1},   db_hh += da_t summed over the batch   (one W_hh at every step: sum)
-#   dh_next = da_t W_hh                               the gradient for h_{t-1}
+#   dh_next = da_t W_hh                               the part of dh_{t-1} that comes through h_t
 # The input half was one product over all steps, and so is its gradient, after the walk:
 #   dx = da W_ih,   dW_ih = sum over t of da_t^T x_t,   db_ih = da summed over batch and time.
+# dx goes down to what produced x: the layer below (as its dh_out), or, for the first layer, the rows
+# of the embedding table that were read.
 # After step 1, dh_next is dh_0: the gradient for the state carried in from the previous chunk.
 # Truncated backpropagation through time simply stops this walk at the chunk's edge: dh_0 is dropped
-# (detach_hidden, section 4), so a chunk's loss never reaches the steps of earlier chunks.
+# (detach_hidden, section 4a), so a chunk's loss never reaches the steps of earlier chunks.
 # Each step back multiplies the gradient by diag(1 - h^2) and W_hh: over many steps it shrinks or
-# grows geometrically. Clipping (section 5a) caps the growth; the LSTM's cell state avoids the shrinking.
+# grows geometrically. Clipping (section 5a) caps the growth. Along the LSTM's cell state the gradient
+# shrinks only by the factor f at each step, and hardly at all where f is near 1 (section 2b).
+# The code counts steps from 0: its loop index t is step t + 1 of the math, and hs[t] is h_t.
 
 @torch.no_grad()  # by hand: autograd is not used here
 def rnn_bptt(x, h0, w_ih, b_ih, w_hh, b_hh, dh_out):
     """One vanilla RNN layer over one chunk: forward, then backward by hand.
-    x: (B, T, I) inputs; h0: (B, H) the carried state; dh_out: (B, T, H) = dL/dh_t from above, every t.
+    x: (B, T, I) inputs; h0: (B, H) the carried state; dh_out: (B, T, H) the direct part dh_out_t of
+    dL/dh_t at every step, handed back by the read-out (or the layer above).
     Returns the gradients (dx, dw_ih, db_ih, dw_hh, db_hh, dh0), shaped like x, the weights and h0."""
     T = x.size(1)
     xw = x @ w_ih.T + b_ih                                             # (B, T, H)
@@ -247,10 +270,11 @@ def rnn_bptt(x, h0, w_ih, b_ih, w_hh, b_hh, dh_out):
     dh_next = torch.zeros_like(h0)                                     # (B, H): nothing after the last step
     for t in reversed(range(T)):                                       # steps T..1 (this t is step t + 1)
         h, h_prev = hs[t + 1], hs[t]
-        da_t = (dh_out[:, t] + dh_next) * (1 - h ** 2)                 # (B, H)  da_t = (dh_t + dh_next) * tanh'
+        dh_t = dh_out[:, t] + dh_next                                  # (B, H)  dh_t = dh_out_t + dh_next
+        da_t = dh_t * (1 - h ** 2)                                     # (B, H)  da_t = dh_t * tanh'(a_t)
         dw_hh += da_t.T @ h_prev                                       # (H, H)  dW_hh += da_t^T h_{t-1}
         db_hh += da_t.sum(0)                                           # (H,)
-        dh_next = da_t @ w_hh                                          # (B, H)  dh_{t-1} = da_t W_hh
+        dh_next = da_t @ w_hh                                          # (B, H)  the part of dh_{t-1} through h_t
         da[:, t] = da_t
     dx = da @ w_ih                                                     # (B, T, I)
     dw_ih = da.flatten(0, 1).T @ x.flatten(0, 1)                       # (H, I)  sum over t of da_t^T x_t
@@ -261,21 +285,25 @@ def rnn_bptt(x, h0, w_ih, b_ih, w_hh, b_hh, dh_out):
 # -----------------------------------------------------------------------------
 # 4. The model
 # -----------------------------------------------------------------------------
-# 4a. A stack of cells, run over time. Layer l reads the outputs h of layer l - 1 at every step (the
-# first layer reads the character embeddings). The hidden state has torch's shape: (L, B, H) for the
-# RNN and the GRU, a pair (h, c) of those for the LSTM.
+# 4a. A stack of cells, run over time. The first layer reads the character embeddings: the embedding is
+# a learned table with one H-vector per character, and character i reads row i. Layer l reads the
+# outputs h of layer l - 1 at every step. The hidden state has torch's shape: (L, B, H) for the RNN and
+# the GRU, a pair (h, c) of those for the LSTM.
+# Dropout (--dropout=p), between layers here and before the read-out in 4b: in training, zero a random
+# fraction p of the activations and scale the rest by 1/(1 - p), so their expected value is unchanged;
+# in eval mode it does nothing. No unit can count on another being there, which fights overfitting.
 
-def run_scratch(kind, rnn, x, hidden=None):
-    """Our cells over x (B, T, I), with the parameters of the torch module `rnn`.
-    Computes the same as rnn(x, hidden): returns (outputs of the last layer (B, T, H), new hidden)."""
+def run_scratch(kind, module, x, hidden=None):
+    """Our cells over x (B, T, I), with the parameters of the torch module `module` (nn.RNN, nn.LSTM or nn.GRU).
+    Computes the same as module(x, hidden): returns (outputs of the last layer (B, T, H), new hidden)."""
     B, T, _ = x.shape
-    L, H = rnn.num_layers, rnn.hidden_size
+    L, H = module.num_layers, module.hidden_size
     if hidden is None:
         hidden = zero_hidden(kind, L, B, H, x)
     cell = CELLS[kind]
-    last = []
+    final_states = []                                  # each layer's state after the last step
     for l in range(L):
-        w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{name}_l{l}")
+        w_ih, w_hh, b_ih, b_hh = (getattr(module, f"{name}_l{l}")
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
         xw = x @ w_ih.T + b_ih                         # (B, T, G*H): the input half, every step at once
         state = (hidden[0][l], hidden[1][l]) if kind == "lstm" else hidden[l]
@@ -285,11 +313,11 @@ def run_scratch(kind, rnn, x, hidden=None):
             outs.append(state[0] if kind == "lstm" else state)        # (B, H)
         x = torch.stack(outs, dim=1)                                   # (B, T, H)
         if l < L - 1:                                                  # torch drops out between layers
-            x = F.dropout(x, rnn.dropout, rnn.training)
-        last.append(state)
+            x = F.dropout(x, module.dropout, module.training)
+        final_states.append(state)
     if kind == "lstm":
-        return x, (torch.stack([s[0] for s in last]), torch.stack([s[1] for s in last]))
-    return x, torch.stack(last)                                        # (L, B, H)
+        return x, (torch.stack([s[0] for s in final_states]), torch.stack([s[1] for s in final_states]))
+    return x, torch.stack(final_states)                                # (L, B, H)
 
 
 def zero_hidden(kind, L, B, H, like):
@@ -305,25 +333,24 @@ def detach_hidden(hidden):
 
 
 # 4b. The model: character embedding -> n_layer recurrent layers -> dropout -> linear read-out.
+# The read-out maps each position's top-layer h (H) to V logits, one score per character of the
+# vocabulary; softmax turns them into probabilities, p_i = e^{logit_i} / sum over j of e^{logit_j}.
 # The parameters of the recurrent layers live in torch's nn.RNN / nn.LSTM / nn.GRU module, named
 # weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ... . With --impl=fused we call that module;
 # with --impl=scratch, run_scratch reads the same tensors. Switching impl changes no parameter, so a
 # checkpoint trained with one samples with the other.
-# What fused runs: cuDNN on a GPU. On a CPU (torch.profiler, torch 2.13, float32), the LSTM is one
-# oneDNN kernel per layer (aten::mkldnn_rnn_layer, and its backward), but the GRU and the vanilla RNN
-# run ATen's C++ loop over time: a matrix product and the gate functions at every step, the same small
-# ops as ours without Python between them. Fused is the default: on one CPU thread it trains the
-# LSTM 3.9x as fast as our loop, the GRU and the vanilla RNN 1.7x as fast (README, "Results";
-# benchmarks/bench_char_rnn.py). Read scratch, run fused.
-# Dropout (--dropout=p): in training, zero a random fraction p of the activations and scale the rest
-# by 1/(1 - p), so their expected value is unchanged; in eval mode it does nothing. No unit can count on
-# another being there, which fights overfitting.
+
+# 4c. The loss (the last lines of forward): loss = -mean over positions of log p(next character | the
+# characters up to it), with p = softmax(logits). Its gradient, where backpropagation starts, is simply
+#   dL/dlogits = (softmax(logits) - onehot(y)) / (B * T)
+# at each position: push up the right character's logit, the others down in proportion to p.
+# From there it flows into the read-out, then into dh_out of section 3, then back through time.
 
 class CharRNN(nn.Module):
     def __init__(self, cfg, vocab_size):
         super().__init__()
         self.kind, self.impl = cfg.model, cfg.impl
-        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)  # the embedding table (V, H); checkpoints use this name
         module = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.model]
         # torch applies its dropout between layers only, and warns if there is a single layer
         self.rnn = module(cfg.n_embd, cfg.n_embd, cfg.n_layer, batch_first=True,
@@ -332,7 +359,8 @@ class CharRNN(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size)
         if cfg.model == "lstm":
             # A forget-gate bias of 1 makes the untrained LSTM keep more of its cell state: f = sigmoid(1) = 0.73
-            # instead of sigmoid(0) = 0.5, so a memory halves in about 2.2 steps instead of 1. Training does the rest.
+            # instead of about sigmoid(0) = 0.5 (torch's default biases are small random values, not 0), so a
+            # memory halves in about 2.2 steps instead of 1. Training does the rest.
             H = cfg.n_embd
             with torch.no_grad():
                 for l in range(cfg.n_layer):
@@ -342,7 +370,7 @@ class CharRNN(nn.Module):
     def forward(self, idx, targets=None, hidden=None):
         """idx: (B, T) ids. Returns logits (B, T, V), the mean cross-entropy given targets (else None),
         and the hidden state after the last character, to carry into the next chunk."""
-        x = self.wte(idx)                                                     # (B, T, C)
+        x = self.wte(idx)                                                     # (B, T, H)
         if self.impl == "fused":
             out, hidden = self.rnn(x, hidden)                                 # (B, T, H)
         else:
@@ -350,11 +378,6 @@ class CharRNN(nn.Module):
         logits = self.lm_head(self.drop(out))                                 # (B, T, V)
         if targets is None:
             return logits, None, hidden
-        # 4c. The loss: loss = -mean over positions of log p(next character | the characters up to it),
-        # with p = softmax(logits). Its gradient, where backpropagation starts, is simply
-        #   dL/dlogits = (softmax(logits) - onehot(y)) / (B * T)
-        # at each position: push up the right character's logit, the others down in proportion to p.
-        # From there it flows into the read-out, then into dh_out of section 3, then back through time.
         B, T = idx.shape
         loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
         return logits, loss, hidden
@@ -362,6 +385,14 @@ class CharRNN(nn.Module):
 
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
+
+
+# Aside: what --impl=fused runs. cuDNN on a GPU. On a CPU (torch.profiler, torch 2.13, float32), the LSTM
+# is one oneDNN kernel per layer (aten::mkldnn_rnn_layer, and its backward), but the GRU and the vanilla
+# RNN run ATen's C++ loop over time: a matrix product and the gate functions at every step, the same
+# small ops as ours without Python between them. Fused is the default: on one CPU thread it trains the
+# LSTM 3.9x as fast as our loop, the GRU and the vanilla RNN 1.7x as fast (README, "Results";
+# benchmarks/bench_char_rnn.py). Read scratch, run fused.
 
 
 # -----------------------------------------------------------------------------
@@ -389,10 +420,32 @@ def train_step(model, optimizers, x, y, hidden, lr, grad_clip):
     return loss, hidden
 
 
-# 5b. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
+# 5b. The optimizer: AdamW, for every parameter p with gradient g, at step k = 1, 2, ...
+#   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2     running means of g and g^2, from 0
+#   m^ = m / (1 - beta1^k),   v^ = v / (1 - beta2^k)                  bias-corrected: undo the pull toward 0
+#   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
+# with beta1 = 0.9, beta2 = 0.99 and eps = 1e-8 (torch's default). Dividing by sqrt(v^) makes each
+# parameter's step at most about lr, whatever the scale of its gradient.
+# Weight decay pulls the matrices and the embedding toward 0, never the biases.
+# Precision: the parameters and activations are float32 on every device; on CUDA the matmuls use TF32
+# (float32's range with a 10-bit mantissa; start_run, section 7e, turns it on). The recurrent matmuls
+# are small (batch x hidden) and run one time step after another, so a lower precision such as bfloat16
+# would save little here.
+
+def make_optimizers(model, cfg):
+    """[AdamW] for every parameter. A list, so checkpoints have the layout of char_gpt.py, this project's
+    Transformer, which may train with two optimizers."""
+    groups = [{"params": [p for p in model.parameters() if p.dim() == 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    # fused: one kernel updates every parameter, instead of a few ops per tensor (CPU and CUDA have it)
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    return [torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=fused)]
+
+
+# 5c. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
 # the budget (counted in iterations or in seconds, whichever ends first, so a 5-minute run decays
-# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (Adam's first
-# steps rest on poor estimates of the gradient's moments, so they should be small):
+# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (section 5b: Adam's
+# first m^ and v^ are estimated from only a few gradients, so its first steps should be small):
 #   lr = [min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2] * min(1, (it + 1) / warmup_iters)
 
 def get_lr(it, progress, cfg):
@@ -406,25 +459,8 @@ def budget_progress(it, elapsed, cfg):
     return max(by_iters, by_time)
 
 
-# 5c. The optimizer: AdamW, for every parameter p with gradient g,
-#   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2        (bias-corrected: m^, v^)
-#   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
-# Weight decay pulls the matrices and the embedding toward 0, never the biases. (char_gpt.py adds Muon
-# for its Transformer blocks; it is not tuned for recurrent cells, so it is not offered here.)
-# Precision: everything in float32, on every device. The recurrent matmuls are small (batch x hidden)
-# and run one time step after another, so a faster number format would save little here.
-
-def make_optimizers(model, cfg):
-    """[AdamW] for every parameter: a list, so checkpoints have char_gpt.py's layout."""
-    groups = [{"params": [p for p in model.parameters() if p.dim() == 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
-    # fused: one kernel updates every parameter, instead of a few ops per tensor (CPU and CUDA have it)
-    fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    return [torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.99), fused=fused)]
-
-
 # 5d. Evaluation: the loss on text the model is not trained on (val) tells whether it generalises; the
-# same on training text (train) tells whether it is still learning. Section 7 runs it every
+# same on training text (train) tells whether it is still learning. train() (section 5e) runs it every
 # eval_interval iterations.
 
 @torch.no_grad()
@@ -446,8 +482,8 @@ def estimate_loss(model, splits, cfg, device):
 
 
 # The figure to report for a trained model is the loss on the whole val text, every character predicted
-# once, with no random batches: the model reads the text as one stream, block_size characters at a time,
-# carrying its hidden state from each piece to the next, so every prediction sees all the text before it.
+# once from all the text before it: the model reads the text as one stream, block_size characters at a
+# time, carrying its hidden state from each piece to the next.
 # Units: the loss is in nats (natural log). Divided by ln 2 it is in bits per character (bpc), the unit
 # of the char-rnn write-ups and the enwik8 tables; e^loss is the perplexity, the number of equally likely
 # characters the model is as unsure as.
@@ -506,7 +542,8 @@ def train(cfg, quiet=False):
 # First run the prompt through the network ("priming"): the hidden state after its last character
 # sums up the prompt. Then turn the last logits into probabilities p = softmax(logits / temperature),
 # optionally keep only the top_k most likely characters, draw one, feed it in, and repeat. Unlike a
-# GPT, there is no window to outgrow: each new character costs one step of the cells, forever.
+# model that reads a fixed window of past characters, there is no window to outgrow: each new character
+# costs one step of the cells, forever.
 
 def sample_next(logits, temperature, top_k, generator=None):
     """logits: (B, V) -> ids (B, 1). temperature 0 means greedy (always the most likely)."""
@@ -568,7 +605,7 @@ class Config:
                                            "counted); the learning rate decays over this budget. Used when "
                                            "neither limit is given")
     eval_interval: int | None = knob(None, "evaluate train/val loss and save a checkpoint every N iterations")
-    eval_iters: int = knob(20, "batches averaged for each evaluated loss")
+    eval_iters: int = knob(20, "chunks averaged for each evaluated loss (the first chunks of each split)")
     log_interval: int = knob(50, "print a progress line every N iterations")
     # data and model
     model: str = knob("lstm", "the recurrent cell: rnn (vanilla, tanh), lstm or gru")
@@ -584,7 +621,9 @@ class Config:
     optimizer: str = knob("adamw", "adamw, the only choice here (char_gpt.py also has muon)")
     learning_rate: float | None = knob(None, "peak learning rate")
     min_lr: float | None = knob(None, "learning rate at the end of the cosine decay")
-    warmup_iters: int = knob(100, "iterations of linear warm-up from 0 to --learning_rate")
+    warmup_iters: int = knob(100, "iterations of linear warm-up: iteration i (from 0) scales the cosine "
+                                  "schedule's rate by min(1, (i + 1) / warmup_iters), so training starts at "
+                                  "1/warmup_iters of it (0: no warm-up)")
     weight_decay: float = knob(0.1, "weight decay, applied to weight matrices and embedding tables only")
     grad_clip: float = knob(1.0, "clip the gradient norm to this (0: off)")
     # resuming and sampling
@@ -595,6 +634,10 @@ class Config:
     eval_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print its loss on the whole val split "
                                   "(the last tenth) of --input, every character predicted once")
     sample_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print samples")
+    serve: bool = knob(False, "do not train: serve out_dir/ckpt.pt over HTTP (a page at /, POST /generate) "
+                              "until Ctrl-C")
+    host: str = knob("127.0.0.1", "--serve listens here; 0.0.0.0 lets anyone on the network use the model")
+    port: int = knob(8000, "--serve listens on this port (0: any free one)")
     prompt: str = knob("\n", "text the samples continue (it primes the hidden state)")
     max_new_tokens: int = knob(500, "characters to generate per sample")
     num_samples: int = knob(1, "how many samples to print")
@@ -703,8 +746,8 @@ def check_config(cfg: Config):
 
 
 def check_mode(cfg: Config):
-    if cfg.eval_only + cfg.sample_only + cfg.resume > 1:
-        raise UsageError("--eval_only, --sample_only and --resume exclude each other: give one")
+    if cfg.eval_only + cfg.sample_only + cfg.serve + cfg.resume > 1:
+        raise UsageError("--eval_only, --sample_only, --serve and --resume exclude each other: give one")
 
 
 def check_sample_flags(cfg: Config):
@@ -1058,6 +1101,191 @@ def print_samples(model, itos, cfg, device):
         print()
 
 
+# 7g. Serving the model: a small lesson on what a web API is. A server waits on a port; a client (a
+# browser, curl, a program) sends a request: a method (GET to read, POST to send data), a path, headers,
+# and maybe a body; the server answers with a status code (200 OK, 400 the request is wrong, 404 no such
+# path, ...), headers, and a body. http.server from the standard library speaks the protocol; we write
+# what each path answers:
+#   GET  /          a page to try the model in a browser (assets/generate.html, shared by both scripts)
+#   GET  /health    the model, as JSON
+#   POST /generate  JSON in, {"prompt": "ROMEO:", "max_new_tokens": 200, ...}; JSON out, the text and
+#                   the settings used. With "stream": true, the characters as they are sampled instead.
+# Streaming uses HTTP/1.1 chunked transfer encoding: the body goes out in pieces, each prefixed by its
+# length, and the browser's fetch() reads them as they come. (Server-sent events would need the
+# browser's EventSource, which can only GET, and the prompt travels in a POST body.)
+# Each request runs in its own thread (ThreadingHTTPServer) with its own random generator and its own
+# key/value cache; the model is only read, so requests share nothing that changes. A client that stalls
+# is dropped after SOCKET_TIMEOUT seconds, so it cannot hold a thread for ever.
+
+MAX_BODY = 64 * 1024
+MAX_NEW_TOKENS_SERVED = 5000
+SOCKET_TIMEOUT = 30
+REQUEST_FIELDS = {"prompt": (str,), "max_new_tokens": (int,), "temperature": (int, float),
+                  "top_k": (int, type(None)), "seed": (int,), "stream": (bool,)}  # exact types: True is no int
+
+
+class BadRequest(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def read_request(body, cfg, stoi):
+    """The JSON body of POST /generate -> the settings to sample with, or BadRequest saying what to fix."""
+    try:
+        req = json.loads(body)
+    except ValueError:
+        raise BadRequest(400, 'the body is not JSON: send e.g. {"prompt": "ROMEO:"}') from None
+    if not isinstance(req, dict):
+        raise BadRequest(400, 'the body must be a JSON object, e.g. {"prompt": "ROMEO:"}')
+    unknown = sorted(set(req) - set(REQUEST_FIELDS))
+    if unknown:
+        raise BadRequest(400, f"unknown field {', '.join(unknown)}: the fields are {', '.join(REQUEST_FIELDS)}")
+    for name, value in req.items():
+        if type(value) not in REQUEST_FIELDS[name]:
+            kinds = " or ".join("null" if t is type(None) else t.__name__ for t in REQUEST_FIELDS[name])
+            raise BadRequest(400, f"{name} must be {kinds}, not {json.dumps(value)}")
+    settings = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
+                "seed": cfg.seed, "stream": False, **req}
+    prompt, n = settings.get("prompt", ""), settings["max_new_tokens"]
+    if not prompt:
+        raise BadRequest(400, "prompt is missing or empty: give at least one character to continue")
+    missing = sorted(set(prompt) - set(stoi))
+    if missing:
+        raise BadRequest(400, f"the prompt has characters the model never saw: {''.join(missing)!r}")
+    if not 1 <= n <= MAX_NEW_TOKENS_SERVED:
+        raise BadRequest(400, f"max_new_tokens={n}: ask for 1 to {MAX_NEW_TOKENS_SERVED}")
+    if settings["temperature"] < 0 or (settings["top_k"] is not None and settings["top_k"] < 1):
+        raise BadRequest(400, "temperature must be at least 0 and top_k at least 1 (or null)")
+    return settings
+
+
+def complete(model, itos, stoi, settings, device, on_text=None):
+    """The text the model samples after the prompt; on_text(str) sees each character as it comes.
+    The same settings and seed give the same text (and the same as --sample_only with that --seed)."""
+    g = torch.Generator().manual_seed(settings["seed"])
+    idx = torch.tensor([encode(settings["prompt"], stoi)], device=device)
+    new = []
+
+    def take(ids):
+        new.append(itos[ids.item()])
+        if on_text:
+            on_text(new[-1])
+    generate(model, idx, settings["max_new_tokens"], settings["temperature"], settings["top_k"], on_token=take,
+             generator=g)
+    return "".join(new)
+
+
+def make_handler(model, itos, device, cfg, about):
+    from http.server import BaseHTTPRequestHandler
+    stoi = {c: i for i, c in enumerate(itos)}
+    page = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "generate.html"), "rb").read()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # for chunked streaming and kept-alive connections
+        timeout = SOCKET_TIMEOUT
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path == "/":
+                self.answer(200, page, "text/html; charset=utf-8")
+            elif path == "/health":
+                self.answer_json(200, about)
+            elif path == "/generate":
+                self.not_allowed()
+            else:
+                self.answer_json(404, {"error": f"no such path {path}: try /, /health or POST /generate"})
+
+        def do_POST(self):
+            path = self.path.split("?")[0]
+            if path in ("/", "/health"):
+                return self.not_allowed()
+            if path != "/generate":
+                return self.answer_json(404, {"error": f"no such path {path}: POST goes to /generate"})
+            size = int(self.headers.get("Content-Length") or 0)
+            if size > MAX_BODY:
+                self.close_connection = True  # the body is left unread
+                return self.answer_json(413, {"error": f"the body is {size:,} bytes; the limit is {MAX_BODY:,}"})
+            try:
+                settings = read_request(self.rfile.read(size), cfg, stoi)
+            except BadRequest as e:
+                return self.answer_json(e.status, {"error": str(e)})
+            if settings["stream"]:
+                return self.stream(settings)
+            text = complete(model, itos, stoi, settings, device)
+            self.answer_json(200, {"text": text, "settings": settings})
+
+        def not_allowed(self):
+            self.answer_json(405, {"error": f"{self.command} {self.path} is not served: GET / or /health, "
+                                            "POST /generate"})
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = not_allowed
+
+        def stream(self, settings):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+
+            def send(piece):  # one chunk: its length in hex, the bytes, CRLF
+                data = piece.encode("utf-8")
+                self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            complete(model, itos, stoi, settings, device, on_text=send)
+            self.wfile.write(b"0\r\n\r\n")  # the empty chunk ends the body
+
+        def answer_json(self, status, obj):
+            self.answer(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
+
+        def answer(self, status, body, content_type):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def handle(self):
+            try:
+                super().handle()
+            except OSError:  # the client went away, or stalled past SOCKET_TIMEOUT: stop serving it, quietly
+                pass
+
+        def log_message(self, format, *args):
+            pass  # one line per request would drown the terminal; errors go to the client
+
+    return Handler
+
+
+def serve(cfg):
+    """--serve: the checkpoint behind a local HTTP API and page, until Ctrl-C."""
+    from http.server import ThreadingHTTPServer
+    device = pick_device(cfg.device)
+    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
+    model, itos = load_model(cfg.out_dir, device, cfg.impl)
+    about = {"kind": KIND, "parameters": count_params(model), "vocab_size": len(itos), "iters": ckpt["iter"],
+             "val_loss": round(ckpt["best_val_loss"], 4)}
+    try:
+        server = ThreadingHTTPServer((cfg.host, cfg.port), make_handler(model, itos, device, cfg, about))
+    except OSError as e:
+        raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}): choose another --port") from None
+    server.daemon_threads = True  # Ctrl-C does not wait for clients still connected
+    host, port = server.server_address[:2]
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model")
+    print(f"serving {KIND} ({about['parameters']:,} parameters, vocabulary {about['vocab_size']}, "
+          f"{about['iters']:,} iterations, val loss {about['val_loss']:.4f}) at http://{host}:{port}/ "
+          "(Ctrl-C stops)", flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the server (even where a shell ignored SIGINT)
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped serving")
+    finally:
+        server.server_close()
+
+
+# 7h. Main: check the torch version, read the flags, train (or only evaluate, sample or serve), then sample.
+
 MIN_TORCH = (2, 4)  # the oldest torch this file was tested with (requirements.txt says the same)
 
 
@@ -1092,6 +1320,9 @@ def main(argv=None):
     check_mode(cfg)
     if cfg.eval_only:
         return evaluate_checkpoint(cfg)
+    if cfg.serve:
+        check_sample_flags(cfg)
+        return serve(cfg)
     if cfg.sample_only:
         check_sample_flags(cfg)
         device = pick_device(cfg.device)

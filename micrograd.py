@@ -3,7 +3,8 @@
 What you will learn, in reading order:
   Part 1  the engine: a scalar `Value` that records how it was computed, and `backward()`, which walks
           that record in reverse, applying the chain rule. A worked example checks it against pen and paper.
-  Part 2  a small neural-network library (Neuron, Layer, MLP) made of nothing but Values.
+  Part 2  a small neural-network library (Neuron, Layer, MLP: a multi-layer perceptron) made of nothing but
+          Values, and the basic training step.
   Part 3  the same math vectorised with NumPy: a layer is a matrix product, the backward pass is written out
           by hand, with MSE and cross-entropy losses and the optimizers SGD (momentum), RMSprop and Adam.
   Part 4  a demo: the Value-MLP learns the two-moons set, the NumPy MLP learns a 3-class spiral.
@@ -13,7 +14,8 @@ Run:   python micrograd.py           both demos (well under a minute on 2 CPU co
        python micrograd.py --plot    also save decision-boundary plots to out/micrograd/
        python micrograd.py --help    every flag
 Test:  pytest tests/test_micrograd.py   (every hand-written piece against torch or finite differences)
-Speed: python benchmarks/bench_micrograd.py   (this engine against the classic closure-based design)
+Speed: python benchmarks/bench_micrograd.py   (this engine against the classic closure-based design; see the
+       aside after Part 4)
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import numpy as np
 # The idea: a Value is a number that remembers how it was computed. `c = a * b` makes a new Value c that keeps
 # its inputs (a, b) and, right there beside the forward formula, the local derivatives dc/da = b and dc/db = a.
 # A whole computation becomes a graph of such nodes, from the inputs up to one output L.
+# L is the loss: one number that measures how wrong a model's outputs are. Training makes it smaller.
+# A node points only at its inputs, which existed before it, so the graph has no cycles.
 #
 # `L.backward()` then walks the graph from L back to the inputs and fills in each Value's `grad` with dL/d(value),
 # by the chain rule: if x is used by the nodes n1, n2, ..., then
@@ -76,6 +80,9 @@ class Value:
         # out = a^k;   d out/da = k a^(k-1)
         return Value(self.data**k, (self,), (k * self.data ** (k - 1),), f"**{k}")
 
+    # exp and log are not used by the demos in this file. With them, Values can express losses built from
+    # probabilities, such as -ln(e^a / (1 + e^a)); tests/test_micrograd.py checks both against torch.
+
     def exp(self):
         e = math.exp(self.data)
         # out = e^a;   d out/da = e^a
@@ -98,6 +105,7 @@ class Value:
     def sigmoid(self):
         # out = s = 1 / (1 + e^-a);   d out/da = s (1 - s)
         # For very negative a, e^-a overflows, so there we use the equal form e^a / (1 + e^a).
+        # For one Python float, an `if` on the sign is the simplest guard.
         if self.data >= 0:
             s = 1.0 / (1.0 + math.exp(-self.data))
         else:
@@ -133,7 +141,7 @@ class Value:
         return self**-1 * other
 
     # The backward pass. The chain rule at x needs dL/dn complete for every node n that uses x, so the nodes
-    # are visited in reverse "topological order": an order in which every node comes after all of its inputs.
+    # are listed in topological order (each node after its inputs), and that list is walked backwards.
 
     def topological_order(self):
         """Every Value this one depends on, itself last, each listed after all of its inputs."""
@@ -176,52 +184,24 @@ def trace_graph(root):
 
 
 # -----------------------------------------------------------------------------
-# Aside: why this engine is fast (a reader may skip it)
-# -----------------------------------------------------------------------------
-# The classic design (benchmarks/bench_micrograd.py has a copy to compare against) gives each node a closure
-# that pushes its gradient to its inputs. Here a node stores its local derivatives as plain numbers and the one
-# loop in backward() does the pushing: no closure allocated per op, no function call per node on the way back,
-# and `__slots__` drops each node's attribute dict. The cost: every op's backward rule must be "one number per
-# input" (true here), and local derivatives are computed even when no backward pass follows. That makes the
-# per-node work only about 1.4x smaller; on the moons workload most of the gain comes from Python's cycle
-# collector. Python frees an object when its reference count drops to 0; separately, every few hundred
-# allocations, the collector walks the live objects looking for reference cycles. A Value graph has none (a
-# node points only at its inputs), so reference counting alone frees each step's graph, and the collector's
-# re-walks of tens of thousands of live nodes, which made building the moons graph ~5x slower, are wasted:
-# training pauses it. (The classic design has cycles, node -> closure -> node: it needs the collector, and
-# pausing it there would pile up every step's graph in memory.)
-
-
-@contextmanager
-def cycle_collector_paused():
-    """Switch off Python's cycle collector inside a `with` block (a training loop that builds big graphs)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-# -----------------------------------------------------------------------------
 # Part 1b: a worked example, by hand and by the engine
 # -----------------------------------------------------------------------------
-# One neuron, inputs x = [1, 2], one weight w = 1 shared by both inputs, no bias, sigmoid output, target 0.5:
+# One neuron, inputs x = [1, 2], one weight w = 1 shared by both inputs, no bias, sigmoid output, target 0.5.
+# This classic example comes from a published write-up; its loss is J (the write-up's name for the loss L).
 #   z = w*1 + w*2 = 3,   a = sigmoid(z) = 0.9526,   J = (0.5 - a)^2 = 0.2048.
 # Chain rule, one factor per step from J back to w:
 #   dJ/da = -2 (0.5 - a)             = 0.9051
 #   da/dz = a (1 - a)                = 0.0452     (sigmoid' written through sigmoid itself)
 #   dz/dw = 1 + 2                    = 3          (w is used twice; the two uses add)
 #   dJ/dw = 0.9051 * 0.0452 * 3      = 0.1227
-# A published write-up of this very example prints the formula
-#   dJ/dw = (0.5 - sigmoid(1*1 + 2*1))^2 * e^-3 / (1 + e^-3)^2
-# and reports "approximately 0.248". Evaluated, its own formula gives 0.2048 * 0.0452 = 0.0093: it puts the
-# loss itself where the chain rule needs the loss's derivative dJ/da = -2 (0.5 - a), and it leaves out
-# dz/dw = 3. So 0.248 matches neither the formula printed beside it (0.0093) nor the derivative (0.1227).
-# (Only a guess at its origin: 0.248 is close to sigmoid'(J) = 0.2474, the sigmoid's slope at the loss.)
+# The write-up reports 0.248, which matches neither its own printed formula (that evaluates to 0.0093) nor the
+# chain rule (0.1227). (Only a guess at its origin: sigmoid'(J) = 0.2474.)
 # The engine, the hand computation, torch, and finite differences (J(w+h) - J(w-h)) / 2h all give 0.1227
 # (tests/test_micrograd.py).
+#
+# Built from Values, the example has a few more nodes than the formulas. Plain numbers (1.0, 2.0, 0.5) become
+# leaf Values. And 0.5 - a has a plain number on the left, so Python calls a.__rsub__(0.5), which computes
+# -a + 0.5 = a * (-1) + 0.5: one more leaf, -1.0, and one more node, a * (-1).
 
 
 def worked_example():
@@ -249,6 +229,8 @@ def worked_example_by_hand():
 # A neuron computes f(w . x + b). A layer is neurons side by side, an MLP is layers one after another. The
 # engine already knows how to differentiate all of it, so the library is only bookkeeping.
 
+# relu, tanh and sigmoid are the choices for hidden layers. "linear" (f(v) = v) is for the output layer: its raw
+# scores go straight into the loss.
 ACTIVATIONS = {
     "relu": Value.relu,
     "tanh": Value.tanh,
@@ -277,6 +259,9 @@ class Neuron(Module):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         # Random starting weights break the symmetry: neurons that start equal get equal gradients forever.
         # (MLP passes rng = random.Random(seed), so one seed fixes every weight.)
+        # uniform(-1, 1) is the simplest choice and is fine for the shallow nets built from Values, though it does
+        # not keep the scale: with variance 1/3 per weight, a relu layer with n_in inputs multiplies the mean
+        # square of the activations by about n_in / 6 (x2.7 for 16 inputs).
         self.w = [Value(rng.uniform(-1.0, 1.0), label="w") for _ in range(nin)]
         self.b = Value(0.0, label="b")
         self.activation = activation
@@ -325,10 +310,25 @@ class MLP(Module):
         return [p for layer in self.layers for p in layer.parameters()]
 
 
+# Training. One step, repeated until the loss L stops falling:
+#   forward:   from the current parameters, compute the outputs and L (a new graph each step);
+#   backward:  zero_grad(), then L.backward(), which sets p.grad = dL/dp for every parameter p;
+#   update:    p.data -= lr * p.grad   for every p.
+# dL/dp points the way in which L grows fastest, so a small step against it lowers L. lr, the learning rate, is
+# how far each step goes: too small and training crawls, too large and L jumps around or grows. This is
+# gradient descent; it is called SGD (stochastic gradient descent) even when, as here, every step sees all the
+# data. Two refinements change only the update:
+#   momentum: step along a running sum of past gradients, so steps grow along a direction that stays the same
+#             and zig-zags cancel out;
+#   a step size per entry (RMSprop, Adam): divide each entry's step by a running root-mean-square of its
+#             gradient, so entries with large gradients take smaller steps and entries with small ones larger.
+
+
 # -----------------------------------------------------------------------------
 # Part 3: the same math, vectorised with NumPy
 # -----------------------------------------------------------------------------
-# The Value-MLP builds hundreds of nodes per example. With matrices, a layer for a whole batch is one product:
+# The Value-MLP builds hundreds of nodes per example. With matrices, a layer for a whole batch (several examples
+# at once, one per row of H) is one product:
 #   Z = H W + b,   H_next = f(Z)        H: (batch, n_in)   W: (n_in, n_out)   b: (n_out,)   Z: (batch, n_out)
 # and its backward pass, given dL/dH_next, is four lines of the chain rule:
 #   dL/dZ = dL/dH_next * f'(Z)          element-wise, because f acts on each entry alone
@@ -338,7 +338,9 @@ class MLP(Module):
 
 
 def sigmoid(z):
-    # sigma(z) = 1 / (1 + e^-z) = exp(-ln(1 + e^-z)); logaddexp(0, -z) = ln(1 + e^-z) cannot overflow
+    # sigma(z) = 1 / (1 + e^-z) = exp(-ln(1 + e^-z)); logaddexp(0, -z) = ln(1 + e^-z) cannot overflow.
+    # Value.sigmoid branches on the sign; an array has no one sign, and np.where would still compute e^-z for
+    # every entry, overflow included, so here one formula that is safe everywhere does the job.
     return np.exp(-np.logaddexp(0.0, -z))
 
 
@@ -359,6 +361,7 @@ def tanh_prime(z):
     return 1.0 - np.tanh(z) ** 2  # tanh'(z) = 1 - tanh(z)^2
 
 
+# The same names as the Value library's ACTIVATIONS, so that any Value-MLP has a NumPy copy.
 NUMPY_ACTIVATIONS = {
     "sigmoid": (sigmoid, sigmoid_prime),
     "relu": (relu, relu_prime),
@@ -378,6 +381,8 @@ class NumpyMLP:
         rng = np.random.default_rng(seed)
         # Weights ~ N(0, gain / n_in) keep the activations' scale roughly equal from layer to layer;
         # gain 2 for relu makes up for relu zeroing half of its inputs (He initialisation).
+        # The Value-MLP's uniform(-1, 1) would do for the demo, but NumPy nets can be deep and wide, and there its
+        # factor of about n_in / 6 per layer would compound.
         gain = 2.0 if activation == "relu" else 1.0
         self.params = []  # [W1, b1, W2, b2, ...]: the order of the gradients and of the optimizers' state
         for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
@@ -410,9 +415,20 @@ class NumpyMLP:
 
 
 def mse_loss(pred, target):
-    """L = mean of (pred - target)^2 over all entries. Returns L and dL/dpred = 2 (pred - target) / N."""
+    """L = mean of (pred - target)^2 over all N entries. Returns L and dL/dpred = 2 (pred - target) / N.
+
+    The demos in this file classify, so they use cross-entropy instead; tests/test_micrograd.py and
+    notebooks/02_activations_and_backprop.ipynb use this one."""
     diff = pred - target
     return np.mean(diff**2), 2.0 * diff / diff.size
+
+
+# A classifier's last layer gives one raw score per class, any real number: the logits z. softmax turns them
+# into probabilities, positive and summing to 1:
+#   softmax(z)_j = e^(z_j) / sum_k e^(z_k)
+# The cross-entropy loss of one example with label y is -ln softmax(z)_y, small when the right class gets a
+# probability near 1. onehot(y) is the vector with 1 at index y and 0 elsewhere: onehot(y)_j = [j = y], where
+# [j = y] means 1 if j = y, else 0.
 
 
 def cross_entropy_loss(logits, labels):
@@ -422,8 +438,11 @@ def cross_entropy_loss(logits, labels):
     # Why that gradient: for one example with logits z and label y, L = -z_y + ln sum_j e^(z_j), so
     # dL/dz_j = e^(z_j) / sum_k e^(z_k) - [j = y] = softmax(z)_j - onehot(y)_j; the mean divides by batch.
     n = len(labels)
-    shifted = logits - logits.max(axis=1, keepdims=True)  # the same softmax, but exp cannot overflow
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (batch, classes)
+    # Subtracting a constant c from every logit leaves the softmax unchanged:
+    #   e^(z_j - c) / sum_k e^(z_k - c) = e^-c e^(z_j) / (e^-c sum_k e^(z_k)) = softmax(z)_j.
+    # With c = max_k z_k every exponent is <= 0, so exp cannot overflow.
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (batch, n_classes)
     loss = -log_probs[np.arange(n), labels].mean()
     d_logits = np.exp(log_probs)
     d_logits[np.arange(n), labels] -= 1.0
@@ -465,7 +484,11 @@ class RMSprop:
 class Adam:
     """Momentum (m) plus RMSprop (v), both bias-corrected because they start at 0:
     m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2;   m^ = m / (1 - b1^t);   v^ = v / (1 - b2^t);
-    p = p - lr * m^ / (sqrt(v^) + eps)."""
+    p = p - lr * m^ / (sqrt(v^) + eps).
+
+    These are torch's two conventions for momentum. Adam's m is an average, weighted (1 - b1): for a steady
+    gradient g it tends to g. SGD's buf = momentum * buf + g is a sum: it tends to g / (1 - momentum). So the
+    two differ in scale by 1 / (1 - beta), 10x for 0.9."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         self.params, self.lr, self.eps = params, lr, eps
@@ -537,21 +560,39 @@ def value_mlp_accuracy(model, X, y):
     return sum(correct) / len(correct)
 
 
+# Python frees an object as soon as its reference count drops to 0. Separately, every few hundred allocations,
+# its cycle collector walks the live objects in search of reference cycles, which counting cannot free. A Value
+# graph has none, so reference counting alone frees each step's graph, and the collector's walks over tens of
+# thousands of live nodes are wasted time. The Value training loop pauses it.
+
+
+@contextmanager
+def cycle_collector_paused():
+    """Switch off Python's cycle collector inside a `with` block (a training loop that builds big graphs)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def train_moons(X, y, steps=100, hidden=(16, 16), l2=1e-4, seed=0, log_every=0):
-    """Train a Value-MLP on 2-class data (labels 0/1) with a max-margin loss and plain SGD.
+    """Train a Value-MLP on 2-class data (labels 0/1) with the hinge loss and plain SGD.
 
     Returns (model, history): history["loss"] and history["accuracy"] hold one entry per step, measured on
     the scores of that step's forward pass (before its update)."""
     n = len(X)
     inputs = [[float(a), float(b)] for a, b in X]
-    signs = [1.0 if label == 1 else -1.0 for label in y]  # the hinge loss wants labels -1 / +1
+    signs = [1.0 if label == 1 else -1.0 for label in y]  # s_i: the hinge loss wants -1 / +1, not 0 / 1
     model = MLP(2, [*hidden, 1], activation="relu", seed=seed)
     params = model.parameters()
     history = {"loss": [], "accuracy": []}
     with cycle_collector_paused():
         for step in range(steps):
             scores = [model(x) for x in inputs]
-            # loss = mean_i max(0, 1 - y_i score_i) + l2 * sum_p p^2
+            # L = mean_i max(0, 1 - s_i score_i) + l2 * sum_p p^2
             # The hinge term is 0 once a point is on its side by a margin of 1; the L2 penalty keeps the
             # weights small, the boundary smooth.
             margins = [(1.0 - s * score).relu() for s, score in zip(signs, scores, strict=True)]
@@ -573,13 +614,14 @@ def train_moons(X, y, steps=100, hidden=(16, 16), l2=1e-4, seed=0, log_every=0):
 
 def train_numpy_mlp(X, y, steps=1000, activation="relu", optimizer="adam", lr=None, hidden=(100,), seed=0,
                     log_every=0):
-    """Train a NumpyMLP classifier on X (n, d), labels y in 0..k-1: cross-entropy, full batch.
+    """Train a NumpyMLP classifier on X (n, d), labels y in 0..n_classes-1: cross-entropy, full batch.
 
     Returns (model, history), history as in train_moons."""
-    # One hidden layer of 100 fits the spiral, and keeps every matrix product small enough that NumPy's BLAS
-    # runs it on one thread: at this size, threads cost more than they save (10x more on a busy 2-core box).
-    model = NumpyMLP([X.shape[1], *hidden, int(y.max()) + 1], activation, seed)
+    n_classes = int(y.max()) + 1
+    model = NumpyMLP([X.shape[1], *hidden, n_classes], activation, seed)  # one hidden layer of 100 fits the spiral
     if lr is None:
+        # Tuned on the spiral for 1000 full-batch steps, larger than the classes' defaults: with Adam's 1e-3 the
+        # loss ends at 0.13 instead of 0.02; SGD's 0.1 also ends higher; RMSprop's default 0.01 is already right.
         lr = {"sgd": 0.5, "rmsprop": 0.01, "adam": 0.01}[optimizer]
     extra = {"momentum": 0.9} if optimizer == "sgd" else {}
     opt = OPTIMIZERS[optimizer](model.params, lr=lr, **extra)
@@ -616,13 +658,32 @@ def plot_decision_boundary(predict, X, y, path=None, title="", ax=None):
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))  # (200, 200) each
     classes = predict(np.stack([gx.ravel(), gy.ravel()], axis=1)).reshape(gx.shape)
     # class k gets the colour of value k on both layers: the bands of the fill are [k - 0.5, k + 0.5]
-    k = int(max(y.max(), classes.max())) + 1
-    ax.contourf(gx, gy, classes, levels=np.arange(k + 1) - 0.5, cmap="coolwarm", alpha=0.35)
-    ax.scatter(X[:, 0], X[:, 1], c=y, cmap="coolwarm", vmin=-0.5, vmax=k - 0.5, s=18, edgecolors="k")
+    n_classes = int(max(y.max(), classes.max())) + 1
+    ax.contourf(gx, gy, classes, levels=np.arange(n_classes + 1) - 0.5, cmap="coolwarm", alpha=0.35)
+    ax.scatter(X[:, 0], X[:, 1], c=y, cmap="coolwarm", vmin=-0.5, vmax=n_classes - 0.5, s=18, edgecolors="k")
     ax.set_title(title)
     if path is not None:
         ax.figure.savefig(path, dpi=100)
     return ax.figure
+
+
+# -----------------------------------------------------------------------------
+# Aside: why the demos are fast (a reader may skip it)
+# -----------------------------------------------------------------------------
+# The classic design of a scalar engine (benchmarks/bench_micrograd.py has a copy to compare against) gives each
+# node a closure that pushes its gradient to its inputs. Here a node stores its local derivatives as plain
+# numbers and the one loop in backward() does the pushing: no closure allocated per op, no function call per
+# node on the way back, and `__slots__` drops each node's attribute dict. The cost: every op's backward rule must
+# be "one number per input" (true here), and local derivatives are computed even when no backward pass follows.
+# That makes the per-node work only about 1.4x smaller; on the moons demo most of the gain comes from pausing
+# the cycle collector. Measured: 20 steps of train_moons take 2.6x to 3.1x as long with the collector on as
+# paused (Python 3.11.7, 2 shared CPU cores, medians of two sets of 5 runs; the factor moves with load). The
+# classic design cannot pause it: its graph has cycles, node -> closure -> node, which only the collector frees,
+# so pausing it would pile up every step's graph in memory.
+#
+# NumPy hands matrix products to BLAS, which may split a product over several threads. The spiral's products
+# (300 rows, 100 hidden units) are small enough that BLAS runs them on one thread; at this size, threads cost
+# more than they save (10x more on a busy 2-core box).
 
 
 # -----------------------------------------------------------------------------

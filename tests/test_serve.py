@@ -1,0 +1,265 @@
+"""`--serve`: the HTTP API and the page of char_gpt.py and char_rnn.py, through a real client and a real browser.
+
+Each script trains a tiny checkpoint once; a server is started on a free port (--port 0) in a subprocess,
+the way a user starts it, and spoken to with urllib and raw sockets.
+"""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from browser import CHROMIUM, Browser
+from helpers import REPO, SMALL_TEXT, run
+
+SCRIPTS = ["char_gpt.py", "char_rnn.py"]
+TINY = {
+    "char_gpt.py": ["--n_layer", 1, "--n_head", 2, "--n_embd", 16, "--block_size", 16, "--batch_size", 4],
+    "char_rnn.py": ["--n_layer", 1, "--n_embd", 16, "--block_size", 16, "--batch_size", 4],
+}
+
+
+@pytest.fixture(scope="module", params=SCRIPTS)
+def checkpoint(request, tmp_path_factory):
+    script, out = request.param, tmp_path_factory.mktemp("serve")
+    (out / "text.txt").write_text(SMALL_TEXT, encoding="utf-8")
+    proc = run(script, "--input", out / "text.txt", "--out_dir", out / "run", "--max_iters", 30, "--eval_iters", 2,
+               "--max_new_tokens", 1, *TINY[script])
+    assert proc.returncode == 0, proc.stderr
+    return script, out / "run"
+
+
+def start_server(script, out_dir, *args):
+    """Start `script --serve --port 0`; returns (process, base URL) once it prints its address."""
+    cmd = [sys.executable, "-u", str(REPO / script), "--serve", "--out_dir", str(out_dir), "--port", "0",
+           *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("serving"):
+            return proc, line.split(" at ")[1].split()[0].rstrip("/"), lines
+    raise AssertionError(f"the server did not start: {''.join(lines)} {proc.stderr.read()}")
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    script, out_dir = checkpoint
+    before = {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()}
+    proc, url, lines = start_server(script, out_dir)
+    yield script, url, lines
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err  # Ctrl-C stops it cleanly
+    assert "Traceback" not in err
+    assert {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()} == before  # it wrote nothing
+
+
+def post(url, body, timeout=60):
+    """POST raw bytes (or a JSON-able object); returns (status, parsed JSON body)."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url + "/generate", data=data, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def stream(url, body, timeout=60):
+    """POST with "stream": true; returns the list of pieces as they arrived."""
+    req = urllib.request.Request(url + "/generate", data=json.dumps({**body, "stream": True}).encode(),
+                                 method="POST")
+    pieces = []
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        assert r.headers["Transfer-Encoding"] == "chunked"
+        while piece := r.read1():
+            pieces.append(piece.decode())
+    return pieces
+
+
+# ---------------------------------------------------------------- what it answers
+
+def test_the_first_line_names_the_address_and_the_model(server):
+    script, url, lines = server
+    line = lines[-1]
+    assert url.startswith("http://127.0.0.1:")
+    for word in (script.removesuffix(".py"), "parameters", "vocabulary", "30 iterations", "val loss"):
+        assert word in line, line
+    assert not any(line.startswith("warning") for line in lines)
+
+
+def test_health(server):
+    script, url, _ = server
+    with urllib.request.urlopen(url + "/health", timeout=30) as r:
+        about = json.loads(r.read())
+    assert about["kind"] == script.removesuffix(".py") and about["iters"] == 30
+    assert about["vocab_size"] > 50 and about["parameters"] > 1000
+
+
+def test_generate_is_deterministic_by_seed_and_equals_the_command_line_sample(server, checkpoint):
+    script, url, _ = server
+    body = {"prompt": "ROMEO:", "max_new_tokens": 40, "temperature": 0.9, "top_k": 20, "seed": 7}
+    status, first = post(url, body)
+    assert status == 200 and len(first["text"]) == 40
+    assert first["settings"] == {**body, "stream": False}
+    assert post(url, body)[1]["text"] == first["text"]
+    assert post(url, {**body, "seed": 8})[1]["text"] != first["text"]
+    cli = run(script, "--sample_only", "--out_dir", checkpoint[1], "--prompt", "ROMEO:", "--max_new_tokens", 40,
+              "--temperature", 0.9, "--top_k", 20, "--seed", 7)
+    assert cli.stdout.split("--- sample ---\n")[1] == "ROMEO:" + first["text"] + "\n"
+
+
+def test_defaults_come_from_the_command_line(server):
+    _, url, _ = server
+    status, answer = post(url, {"prompt": "A"})
+    assert status == 200 and answer["settings"]["max_new_tokens"] == 500 and len(answer["text"]) == 500
+
+
+def test_streaming_sends_the_same_text_piece_by_piece(server):
+    _, url, _ = server
+    body = {"prompt": "JULIET:", "max_new_tokens": 60, "seed": 3}
+    pieces = stream(url, body)
+    assert "".join(pieces) == post(url, body)[1]["text"]
+    assert len(pieces) > 5  # arrived as it was sampled, not all at once
+
+
+def test_the_page_is_self_contained(server):
+    _, url, _ = server
+    with urllib.request.urlopen(url + "/", timeout=30) as r:
+        page = r.read().decode()
+        assert r.headers["Content-Type"].startswith("text/html")
+    assert "/generate" in page and "<textarea" in page and "white-space: pre-wrap" in page
+    assert "http://" not in page and "https://" not in page and "src=" not in page  # nothing from elsewhere
+
+
+# ---------------------------------------------------------------- bad requests: a status and one line
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{not json", 400, ["not JSON"]),
+    (b"[1, 2]", 400, ["JSON object"]),
+    ({"prompt": "A", "length": 5}, 400, ["unknown field length"]),
+    ({"prompt": "A", "max_new_tokens": "5"}, 400, ["max_new_tokens", "int"]),
+    ({"prompt": "A", "max_new_tokens": True}, 400, ["max_new_tokens", "int"]),
+    ({"prompt": "A", "temperature": "hot"}, 400, ["temperature"]),
+    ({"max_new_tokens": 5}, 400, ["prompt"]),
+    ({"prompt": "ROMEO~\u00e9"}, 400, ["~", "\u00e9"]),
+    ({"prompt": "A", "max_new_tokens": 5001}, 400, ["5000"]),
+    ({"prompt": "A", "max_new_tokens": 0}, 400, ["max_new_tokens"]),
+    ({"prompt": "A", "temperature": -1}, 400, ["temperature"]),
+    (b'{"prompt": "' + b"a" * 70_000 + b'"}', 413, ["limit"]),
+])
+def test_bad_requests_get_a_status_and_a_one_line_error(server, body, status, words):
+    _, url, _ = server
+    got, answer = post(url, body)
+    assert got == status, answer
+    assert set(answer) == {"error"} and "\n" not in answer["error"]
+    for w in words:
+        assert w in answer["error"], answer
+    assert post(url, {"prompt": "A", "max_new_tokens": 3})[0] == 200  # and it keeps serving
+
+
+@pytest.mark.parametrize("method, path, status", [("PUT", "/generate", 405), ("GET", "/generate", 405),
+                                                  ("POST", "/", 405), ("DELETE", "/health", 405),
+                                                  ("GET", "/nope", 404), ("POST", "/nope", 404)])
+def test_wrong_method_or_path(server, method, path, status):
+    _, url, _ = server
+    req = urllib.request.Request(url + path, data=b"{}" if method in ("POST", "PUT") else None, method=method)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == status and "error" in json.loads(e.value.read())
+
+
+# ---------------------------------------------------------------- several clients, and clients that go away
+
+def test_two_requests_at_once(server):
+    _, url, _ = server
+    results = {}
+
+    def ask(seed):
+        results[seed] = post(url, {"prompt": "A", "max_new_tokens": 200, "seed": seed})
+    threads = [threading.Thread(target=ask, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results[1][0] == results[2][0] == 200
+    assert results[1][1]["text"] == post(url, {"prompt": "A", "max_new_tokens": 200, "seed": 1})[1]["text"]
+
+
+def test_a_long_stream_does_not_block_a_short_request(server):
+    _, url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", "/generate", json.dumps({"prompt": "A", "max_new_tokens": 5000, "stream": True}))
+    long = conn.getresponse()
+    long.read1()  # the long one has started
+    t = time.perf_counter()
+    assert post(url, {"prompt": "A", "max_new_tokens": 5})[0] == 200
+    assert time.perf_counter() - t < 20
+    conn.close()
+
+
+def test_a_client_that_disconnects_mid_stream_or_stalls_does_not_wedge_the_server(server):
+    _, url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    for _ in range(3):  # hang up in the middle of a stream
+        s = socket.create_connection((host, int(port)), timeout=30)
+        body = json.dumps({"prompt": "A", "max_new_tokens": 5000, "stream": True}).encode()
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        s.close()
+    stalled = socket.create_connection((host, int(port)), timeout=30)
+    stalled.sendall(b"POST /generate HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # and never the rest
+    assert post(url, {"prompt": "A", "max_new_tokens": 5})[0] == 200
+    stalled.close()
+
+
+# ---------------------------------------------------------------- starting it
+
+def test_listening_beyond_this_machine_warns(checkpoint):
+    script, out_dir = checkpoint
+    proc, url, lines = start_server(script, out_dir, "--host", "0.0.0.0")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert any(line.startswith("warning") and "anyone" in line for line in lines)
+    assert proc.returncode == 0
+
+
+def test_serving_without_a_checkpoint_is_one_line(tmp_path):
+    for script in SCRIPTS:
+        proc = run(script, "--serve", "--out_dir", tmp_path)
+        assert proc.returncode != 0 and "no checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- the page in a real browser
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("REQUIRE_BROWSER"),
+                    reason="no Chromium here (.ci/run installs it: apt-get install chromium)")
+def test_the_page_generates_text_in_a_headless_browser(server):
+    """Load /, type a prompt, press Generate, and find the streamed text in the page."""
+    _, url, _ = server
+    browser = Browser()
+    try:
+        browser.open(url + "/")
+        browser.wait_for("document.getElementById('about').textContent.includes('parameters')")
+        browser.js("document.getElementById('prompt').value = 'ROMEO:';"
+                   "document.getElementById('max_new_tokens').value = '80';"
+                   "document.getElementById('seed').value = '5';"
+                   "document.getElementById('go').click()")
+        assert browser.wait_for("document.body.dataset.done") == "1", browser.js("document.body.innerText")
+        shown = browser.js("document.getElementById('out').textContent")
+    finally:
+        browser.close()
+    expected = post(url, {"prompt": "ROMEO:", "max_new_tokens": 80, "seed": 5})[1]["text"]
+    assert shown == "ROMEO:" + expected
