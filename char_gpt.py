@@ -44,9 +44,10 @@ import torch.nn.functional as F
 # -----------------------------------------------------------------------------
 # 1. Data
 # -----------------------------------------------------------------------------
-# A character-level model reads text one character (Unicode code point) at a time. The vocabulary
-# is the sorted set of characters in the text; a character's id is its index in that list. itos
-# ("int to string") is that list; stoi ("string to int") is the dict that inverts it.
+# A character-level model reads text one character (Unicode code point) at a time. The text is any
+# UTF-8 file; the default, input.txt, is 1.1 million characters of Shakespeare's plays. The vocabulary
+# is the sorted set of characters in the text (67 in input.txt); a character's id is its index in that
+# list. itos ("int to string") is that list; stoi ("string to int") is the dict that inverts it.
 
 def build_vocab(text):
     """The sorted distinct characters of the text: itos, with ids 0..V-1."""
@@ -61,11 +62,13 @@ def decode(ids, itos):
     return "".join(itos[i] for i in ids)
 
 
-# A big text: encode() makes one Python int per character, about 36 bytes each with the list's slot,
-# so 100 MB of text would need 3.6 GB. encode_text() does the same in NumPy, a slice at a time: each
-# character's code point (its UTF-32 value) indexes a lookup table whose entries are the ids. The ids
-# go in the smallest integer type that holds them: 1 byte per character for up to 256 characters
-# (int16 holds 32,768, int32 the rest); a batch converts only its own windows to int64 (get_batch).
+# A big text: encode() makes a Python list, one 8-byte slot per character (the slots point to stoi's own
+# int objects). tracemalloc measures 8.4 bytes per character for 1M characters of input.txt: 100 MB of
+# text would need about 0.8 GB as a list, on top of the Python str itself. encode_text() does the same
+# in NumPy, a slice at a time: each character's code point (its UTF-32 value) indexes a lookup table
+# whose entries are the ids. The ids go in the smallest integer type that holds them: 1 byte per
+# character for up to 256 characters, 8x smaller than the list (int16 holds 32,768, int32 the rest); a
+# batch converts only its own windows to int64 (get_batch).
 
 def id_dtype(vocab_size):
     return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 2**15 else np.int32
@@ -74,7 +77,9 @@ def id_dtype(vocab_size):
 def encode_text(text, stoi, slice_chars=2**22):
     """encode(text, stoi) as a 1-D tensor of the smallest id type, without a Python int per character."""
     codes = sorted(ord(c) for c in stoi)
-    table = np.full(codes[-1] + 2, -1, dtype=np.int32)       # code point -> id; -1: not in the vocabulary
+    # code point -> id; -1: not in the vocabulary. One slot past the last code point, so np.minimum below
+    # can send every larger code point there.
+    table = np.full(codes[-1] + 2, -1, dtype=np.int32)
     table[codes] = [stoi[chr(c)] for c in codes]
     ids = np.empty(len(text), dtype=id_dtype(len(stoi)))
     for start in range(0, len(text), slice_chars):
@@ -82,6 +87,7 @@ def encode_text(text, stoi, slice_chars=2**22):
         part = table[np.minimum(cp, len(table) - 1)]           # a code point past the table reads -1
         if part.min() < 0:
             missing = sorted(set(text) - set(stoi))
+            # UsageError (section 5a): a one-line error for bad input, with no traceback
             raise UsageError(f"the text has characters the vocabulary lacks: {''.join(missing)!r}")
         ids[start:start + len(part)] = part
     return torch.from_numpy(ids)
@@ -100,9 +106,9 @@ def split_data(text, stoi, block_size):
     return train, val
 
 
-# A window of T characters holds T training examples at once: y[t] = x[t + 1] is the character that
-# follows x[0..t], so the model, which at position t sees only x[0..t] (the causal mask, section 2), is
-# asked T next-character questions per window, one per prefix.
+# A window of T characters holds T training examples at once: y[t] is the character after x[t] (for the
+# last t, the window's next character). The model, which at position t sees only x[0..t] (the causal
+# mask, section 2), is asked T next-character questions per window, one per prefix.
 
 def get_batch(data, batch_size, block_size, generator):
     """batch_size random windows of the text; targets are the same windows shifted one to the left."""
@@ -117,12 +123,14 @@ def get_batch(data, batch_size, block_size, generator):
 # -----------------------------------------------------------------------------
 # 2a. Self-attention, written out once. Shapes below: B sequences in a batch, T positions (characters)
 # each, C = n_embd numbers per position, V characters in the vocabulary.
-# Each position t makes a query q_t ("what am I looking for?"), a key k_t ("what do I offer?") and a
-# value v_t ("what I pass on"), each a linear map of its vector. The score of t looking at s is
-# q_t . k_s / sqrt(d_k): a dot product of d_k terms has a variance d_k times a term's, so dividing by
-# sqrt(d_k) keeps the scores near unit variance and the softmax, softmax(z)_s = e^z_s / sum_j e^z_j,
-# away from saturation. A causal mask sets the score to -inf for s > t (the future), so after the
-# softmax those weights are exactly 0. The output at t is the weighted average of the values:
+# Each position t carries a vector of C numbers (at the first layer, its character's and its position's
+# embeddings, section 2e). From it, it makes a query q_t ("what am I looking for?"), a key k_t ("what do
+# I offer?") and a value v_t ("what I pass on"), each a linear map of that vector to d_k numbers. The
+# score of t looking at s is q_t . k_s / sqrt(d_k): a dot product of d_k terms has a variance d_k times a
+# term's, so dividing by sqrt(d_k) keeps the scores near unit variance and the softmax,
+# softmax(z)_s = e^z_s / sum_j e^z_j, away from saturation. A causal mask sets the score to -inf for
+# s > t (the future), so after the softmax those weights are exactly 0. The output at t is the weighted
+# average of the values:
 #   out = softmax(Q K^T / sqrt(d_k) + mask) V
 
 def attention(q, k, v):
@@ -140,13 +148,14 @@ def attention(q, k, v):
 # outputs; the names c_attn, c_proj, c_fc are GPT-2's: "c" for the 1-D convolutions GPT-2 wrote its
 # linear maps as). Each head attends in its own d_k = n_embd / n_head dimensions, so heads can look for
 # different things; c_proj mixes the heads' outputs back together. (Equations write q = W_Q x for one
-# column vector x; nn.Linear computes x @ W.T for a whole batch of row vectors: the same numbers.) The
-# fast path calls
-# F.scaled_dot_product_attention, which computes the same formula as `attention` in one fused kernel
-# (flash attention on a GPU); a test checks they agree. Dropout, here and below, zeroes a random
-# fraction p of the numbers while training (and scales the rest by 1 / (1 - p)), so the network cannot
-# lean on any single one; model.eval() turns it off. `cache` is for sampling (section 4): the keys and
-# values of characters already seen, so they are not computed again.
+# column vector x; nn.Linear computes x @ W.T for a whole batch of row vectors: the same numbers.)
+# The fast path calls F.scaled_dot_product_attention, which computes the same formula as `attention` in
+# one fused kernel (flash attention on a GPU); a test checks they agree.
+# Dropout zeroes a random fraction p of a tensor's numbers while training (and scales the rest by
+# 1 / (1 - p)), so the network cannot lean on any single one; model.eval() turns it off. Here it hits the
+# attention weights (dropout_p, inside the kernel) and the output of c_proj; `attention` above has none,
+# so the two agree in eval mode. `cache` is for sampling (section 4): the keys and values of characters
+# already seen, so they are not computed again.
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
@@ -173,8 +182,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.heads(x)
         if cache is not None:
             k, v = cache.extend(k, v)                                        # (B, nh, T_past + T, d_k)
-        # is_causal masks as if queries and keys start together: right without a cache, and for one
-        # new query against a cache (it may see every key). Sampling (section 4) uses nothing else.
+        # Two cases only. T > 1 queries come with an empty cache (training, or a prompt when sampling):
+        # queries and keys start together, the square causal mask of 2a (is_causal). T = 1 is one new
+        # character after a cache: it may see every key, so no mask. (Section 4b has the general mask.)
         dropout_p = self.dropout if self.training else 0.0
         if q.is_cpu and q.dtype == torch.bfloat16:
             y = float32_attention(q, k, v, dropout_p)
@@ -274,7 +284,7 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         # loss = -mean over positions of log p(next character | the characters up to it), in nats (natural
-        # log; a model that guesses uniformly scores ln V, 4.2 for 65 characters). Its gradient with respect
+        # log; a model that guesses uniformly scores ln V, 4.2 for 67 characters). Its gradient with respect
         # to the logits is (softmax(logits) - onehot(target)) / (B T): push up the right character, push
         # down the others in proportion to how likely the model thought they were.
         loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
@@ -309,8 +319,9 @@ def attention_maps(model, idx):
 # -----------------------------------------------------------------------------
 # 3a. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
 # the budget (counted in iterations or in seconds, whichever ends first, so a 5-minute run decays
-# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (the first steps
-# rest on poor running averages of the gradient, so they should be small):
+# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (the optimizer's running
+# averages of the gradient, section 3c, start from nothing, so the first steps should be small). With it
+# the number of steps taken so far:
 #   lr = [min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2] * min(1, (it + 1) / warmup_iters)
 
 def get_lr(it, progress, cfg):
@@ -332,9 +343,11 @@ def budget_progress(it, elapsed, cfg):
 #             (a CPU with only AVX2 emulates it: measured 1.1 ms vs 52 ms for a 512x128 @ 128x512 product).
 #   float16   10 stored mantissa bits but a narrow range (max 65504): fast on the tensor cores of
 #             GPUs before Ampere, which only emulate bfloat16; needs loss scaling (section 3d).
-# autocast runs the matmuls in the chosen format and keeps sums, LayerNorm and the loss in float32.
-# The one exception: on a CPU, torch's attention kernel is slow in bfloat16, so attention stays in
-# float32 there (CausalSelfAttention.fused_attention).
+#   TF32      float32 numbers multiplied with 10 mantissa bits on the tensor cores: what a GPU uses
+#             for the matmuls autocast leaves in float32.
+# autocast (torch.autocast, a context manager) runs the matmuls inside it in the chosen format and keeps
+# sums, LayerNorm and the loss in float32. The one exception: on a CPU, torch's attention kernel is slow
+# in bfloat16, so attention stays in float32 there (float32_attention, section 2b).
 
 def choose_dtype(device_type, cpu_fast_bf16=False, cuda_capability=None):
     """The precision policy, a pure function of the hardware: (dtype, why). cuda_capability is the
@@ -382,7 +395,8 @@ def setup_precision(cfg, device):
     return dtype, why, autocast, scaler
 
 
-# 3c. The optimizers. AdamW, for every parameter p with gradient g, keeps running averages
+# 3c. The optimizers. AdamW, for every number p of the parameters and its gradient g, keeps running
+# averages (beta1 = 0.9, beta2 = 0.99, eps = 1e-8):
 #   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
 #   m^ = m / (1 - beta1^t),   v^ = v / (1 - beta2^t)     (t = steps so far: undo the start from 0)
 #   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
@@ -395,12 +409,14 @@ def setup_precision(cfg, device):
 #   M = mu M + (1 - mu) G   (mu = 0.95),      D = (1 - mu) G + mu M
 # and sets every singular value of D to 1: if D = U S V^T (its singular value decomposition: rotations
 # U and V, stretches S), the step is U V^T. The few directions that dominate a gradient no longer
-# drown the rest; every direction W can move in moves by the same amount.
+# drown the rest; every direction W can move in moves by the same amount. (Muon needs some linear
+# algebra; a first reading may take it on trust, or train with --optimizer=adamw and skip to 3d.)
 
 def newton_schulz(D, dtype=torch.float32, steps=5):
     """About U V^T for D = U S V^T, from matrix products alone (no SVD, which is slow on a GPU).
     Divide D by its Frobenius norm sqrt(sum of squares) = sqrt(sum of s^2) >= the largest s, so every
-    singular value s is in (0, 1]. Then, since X X^T X = U S^3 V^T, the update
+    singular value s is in [0, 1]. U and V have orthonormal columns (U^T U = V^T V = I), so
+    X X^T X = U S V^T V S U^T U S V^T = U S^3 V^T, and the update
     X <- a X + b (X X^T) X + c (X X^T)^2 X keeps U and V and maps each s to p(s) = a s + b s^3 + c s^5.
     The coefficients (tuned by Muon's author, Keller Jordan) make p steep at 0 (slope a = 3.4: small s
     grow 3.4x a round) yet keep s from overshooting: after five rounds every s above 0.002 of the norm
@@ -413,8 +429,8 @@ def newton_schulz(D, dtype=torch.float32, steps=5):
         X = X.T                                          # work with the smaller X X^T
     for _ in range(steps):
         A = X @ X.T
-        B = torch.addmm(A, A, A, beta=b, alpha=c)       # b A + c A A: addmm(C, M, N) = beta C + alpha M N
-        X = torch.addmm(X, B, X, beta=a)                 # a X + B X, one rounding instead of two or three
+        P = torch.addmm(A, A, A, beta=b, alpha=c)       # b A + c A A: addmm(C, M, N) = beta C + alpha M N
+        X = torch.addmm(X, P, X, beta=a)                 # a X + P X, one rounding instead of two or three
     return (X if wide else X.T).to(D.dtype)
 
 
@@ -514,7 +530,7 @@ def estimate_loss(model, splits, cfg, device, autocast):
 # The figure to report for a trained model is the loss on the whole val text, every character predicted
 # once, with no random batches. The model sees at most block_size = T characters, so we slide a window
 # along the text by S = T/2: the first window scores all its T predictions, each later one only its last
-# S, whose contexts are T - S to T characters long. In closed form: character t (t >= 1) is predicted
+# S, whose contexts are T - S + 1 to T characters long. In closed form: character t (t >= 1) is predicted
 # from characters c..t-1, where c = S * ceil(max(0, t - T) / S).
 # Units: the loss is in nats (natural log). Divided by ln 2 it is in bits per character (bpc), the unit
 # of the char-rnn write-ups and the enwik8 tables; e^loss is the perplexity, the number of equally likely
@@ -542,8 +558,14 @@ def evaluate_text(model, data, block_size, device, autocast=None):
 # 3f. The training loop. Each iteration: where are we in the budget (0 -> 1), hence the learning rate;
 # a batch of random windows; one step. Every eval_interval iterations, and when the budget is spent,
 # evaluate on both splits, log and save a checkpoint. Ctrl-C does not cut a step in half: it sets
-# run.stop, and the loop saves and stops after the step it is in. `run` holds the model, data and
-# optimizers; start_run builds it (section 5f), and the helpers named there keep the books.
+# run.stop, and the loop saves and stops after the step it is in. `run` holds what the loop needs;
+# start_run (section 5f) builds it, in essence:
+#   itos = build_vocab(text); train_data, val_data = split_data(text, stoi, cfg.block_size)
+#   model = GPT(cfg, len(itos))
+#   dtype, why, autocast, scaler = setup_precision(cfg, device)
+#   optimizers = make_optimizers(model, cfg, ns_dtype=dtype)
+# plus what a real run needs around that (the flags' defaults, resuming, several processes, the clock),
+# and the helpers named in section 5f keep the books (logs, checkpoints, progress lines).
 
 def train(cfg, quiet=False):
     """Train a GPT as cfg says. Returns a dict: model, itos, device, history (rows of log.csv), metrics."""
@@ -702,7 +724,9 @@ class Config:
                                   "(AdamW for all; on a CPU give it --learning_rate=3e-3, its best in our runs)")
     learning_rate: float | None = knob(None, "peak learning rate")
     min_lr: float | None = knob(None, "learning rate at the end of the cosine decay")
-    warmup_iters: int = knob(100, "iterations of linear warm-up from 0 to --learning_rate")
+    warmup_iters: int = knob(100, "iterations of linear warm-up: iteration i (from 0) scales the cosine "
+                                  "schedule's rate by min(1, (i + 1) / warmup_iters), so training starts at "
+                                  "1/warmup_iters of it (0: no warm-up)")
     weight_decay: float = knob(0.1, "weight decay, applied to weight matrices and embedding tables only")
     grad_clip: float = knob(1.0, "clip the gradient norm to this (0: off)")
     dtype: str = knob("auto", "auto (section 3b: bfloat16 on GPUs from Ampere on and on CPUs with AVX512-BF16 "
@@ -1119,7 +1143,7 @@ def evaluate_and_save(run):
         losses = estimate_loss(run.raw_model, {"train": run.train_data, "val": run.val_data}, run.cfg, run.device,
                                run.autocast)
     check_finite(losses["val"], run.it)
-    run.best_val = min(run.best_val, losses["val"])
+    run.best_val, run.evaluated_at = min(run.best_val, losses["val"]), run.it
     run.history.append((run.it, round(losses["train"], 4), round(losses["val"], 4), round(run.clock.local(), 1),
                         round(run.tokens_per_s)))
     run.say(f"eval iter {run.it}: train loss {losses['train']:.4f} ({bpc(losses['train']):.3f} bpc), "

@@ -1001,7 +1001,7 @@ def evaluate_and_save(run):
     with run.clock.paused():
         losses = estimate_loss(run.model, {"train": run.train_streams, "val": run.val_streams}, run.cfg, run.device)
     check_finite(losses["val"], run.it)
-    run.best_val = min(run.best_val, losses["val"])
+    run.best_val, run.evaluated_at = min(run.best_val, losses["val"]), run.it
     run.history.append((run.it, round(losses["train"], 4), round(losses["val"], 4), round(run.clock.local(), 1),
                         round(run.tokens_per_s)))
     run.say(f"eval iter {run.it}: train loss {losses['train']:.4f} ({bpc(losses['train']):.3f} bpc), "
