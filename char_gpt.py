@@ -17,6 +17,8 @@ Run it:
   python char_gpt.py                                  # train on input.txt, then print a sample
   python char_gpt.py --max_seconds=60                 # a one-minute run
   python char_gpt.py --sample_only --prompt="ROMEO:"  # sample from the last checkpoint
+  python char_gpt.py --eval_only                      # its loss on the whole val split (nats, bits)
+  python char_gpt.py --serve                          # a page and an API at http://127.0.0.1:8000
   torchrun --standalone --nproc_per_node=2 char_gpt.py   # several processes (DDP)
   python char_gpt.py --help                           # every flag with its default
 

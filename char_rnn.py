@@ -28,6 +28,8 @@ Run it:
   python char_rnn.py                                  # train an LSTM on input.txt, then print a sample
   python char_rnn.py --model=gru --max_seconds=60     # a one-minute GRU
   python char_rnn.py --sample_only --prompt="ROMEO:"  # sample from the last checkpoint
+  python char_rnn.py --eval_only                      # its loss on the whole val split (nats, bits)
+  python char_rnn.py --serve                          # a page and an API at http://127.0.0.1:8000
   python char_rnn.py --help                           # every flag with its default
 
 Outputs go to --out_dir (default out/char_rnn): ckpt.pt, log.csv, metrics.json, loss.png.
