@@ -252,7 +252,7 @@ def test_kv_cache_logits_equal_full_recomputation():
     model = tiny_model()
     idx = torch.randint(20, (2, 24))
     full, _ = model(idx)
-    caches = [cg.KVCache() for _ in model.blocks]
+    caches = [cg.KVCache(model.block_size) for _ in model.blocks]
     step, _ = model(idx[:, :10], caches=caches)              # a prompt of 10 at once
     pieces = [step]
     for t in range(10, 24):                                  # then one character at a time
@@ -279,6 +279,87 @@ def test_generation_past_the_window_recomputes_from_a_cropped_context():
     context = out[:, first_after_crop - 12: first_after_crop]
     logits, _ = model(context)
     assert out[0, first_after_crop] == logits[0, -1].argmax()
+
+
+def test_preallocated_cache_extend_returns_the_concatenation():
+    torch.manual_seed(0)
+    cache = cg.KVCache(max_len=10)
+    ks, vs = [], []
+    for T in (4, 1, 1, 3, 1):                                # a prompt, then single characters: 10 in all
+        k, v = torch.randn(2, 3, T, 5), torch.randn(2, 3, T, 5)
+        ks.append(k)
+        vs.append(v)
+        got_k, got_v = cache.extend(k, v)
+        assert torch.equal(got_k, torch.cat(ks, dim=2)) and torch.equal(got_v, torch.cat(vs, dim=2))
+        assert cache.filled == got_k.size(2)
+        assert got_k.data_ptr() == cache.keys.data_ptr()     # a view of the storage, not a copy
+    storage = cache.keys
+    with pytest.raises(ValueError):
+        cache.extend(torch.randn(2, 3, 1, 5), torch.randn(2, 3, 1, 5))   # an 11th position does not fit
+    cache.clear()
+    k, v = torch.randn(2, 3, 2, 5), torch.randn(2, 3, 2, 5)
+    got_k, got_v = cache.extend(k, v)                        # after clear: from slot 0, in the same storage
+    assert torch.equal(got_k, k) and torch.equal(got_v, v) and cache.keys is storage
+
+
+def test_forward_one_equals_the_model_bit_for_bit():
+    model = tiny_model()
+    idx = torch.randint(20, (2, 24))
+    by_model = [cg.KVCache(model.block_size) for _ in model.blocks]
+    by_hand = [cg.KVCache(model.block_size) for _ in model.blocks]
+    with torch.inference_mode():
+        model(idx[:, :10], caches=by_model)
+        model(idx[:, :10], caches=by_hand)
+        for t in range(10, 24):                              # one character at a time, to the full window
+            expected, _ = model(idx[:, t:t + 1], caches=by_model)
+            assert torch.equal(cg.forward_one(model, idx[:, t:t + 1], by_hand), expected)
+        assert torch.equal(by_hand[-1].k, by_model[-1].k) and torch.equal(by_hand[-1].v, by_model[-1].v)
+
+
+def reference_generate(model, idx, max_new_tokens, temperature, top_k, generator):
+    """The sampling loop generate implements, with no cache: the model re-reads the characters the cache
+    would hold. They start at the last block_size of the prompt; when that context is full, it restarts
+    from the last block_size // 2 characters."""
+    T = model.block_size
+    start = max(0, idx.size(1) - T)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits, _ = model(idx[:, start:])
+            idx = torch.cat([idx, cg.sample_next(logits[:, -1], temperature, top_k, generator)], dim=1)
+            if idx.size(1) - start > T:                      # the context was full: crop
+                start = idx.size(1) - max(1, T // 2)
+    return idx
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.8, 5)])
+def test_sampled_text_with_a_fixed_seed_equals_sampling_without_the_cache(temperature, top_k):
+    model = tiny_model()
+    prompt = torch.randint(20, (2, 5), generator=torch.Generator().manual_seed(1))
+    def seeded():
+        return torch.Generator().manual_seed(7)
+    # within the window (5 + 19 = 24 = block_size): the same as re-running the window every step
+    cached = cg.generate(model, prompt, 19, temperature, top_k, generator=seeded())
+    assert torch.equal(cached, cg.generate_naive(model, prompt, 19, temperature, top_k, generator=seeded()))
+    # past it, with a prompt longer than the window: cropped contexts, the same draws as the plain loop
+    long_prompt = torch.randint(20, (2, 30), generator=torch.Generator().manual_seed(2))
+    cached = cg.generate(model, long_prompt, 70, temperature, top_k, generator=seeded())
+    expected = reference_generate(model, long_prompt, 70, temperature, top_k, seeded())
+    assert cached.shape == (2, 100) and torch.equal(cached, expected)
+
+
+def test_generate_leaves_the_thread_count_alone_and_returns_ordinary_ids():
+    model = tiny_model()
+    threads = torch.get_num_threads()
+    seen = []
+    out = cg.generate(model, torch.zeros(1, 1, dtype=torch.long), 20, on_token=seen.append,
+                      generator=torch.Generator().manual_seed(0))
+    assert torch.get_num_threads() == threads  # it is one setting for the whole process: not generate's
+    with cg.intra_op_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.cat(seen, dim=1), out[:, 1:])
+    _, loss = model.train()(out[:, :-1], out[:, 1:])         # the ids can be trained on (no inference tensor)
+    loss.backward()
 
 
 def test_top_k_and_temperature():
