@@ -76,10 +76,8 @@ def main(args):
                                              **shape)).eval()
         prompt = torch.randint(VOCAB, (1, BLOCK), generator=torch.Generator().manual_seed(1))
 
-        threads = nullcontext() if args.threads_unchanged else cg.intra_op_threads(1)  # as the command line samples
-
-        def ours_run(n, m=ours, p=prompt, threads=threads):
-            with threads:
+        def ours_run(n, m=ours, p=prompt):
+            with nullcontext() if args.threads_unchanged else cg.intra_op_threads(1):  # as the command line samples
                 return cg.generate(m, p, n, temperature=1.0, generator=torch.Generator().manual_seed(0))
         runs = {"ours": ours_run}
         if nano:
