@@ -565,7 +565,7 @@ def evaluate_text(model, data, block_size, device, autocast=None):
 #   itos = build_vocab(text); train_data, val_data = split_data(text, stoi, cfg.block_size)
 #   model = GPT(cfg, len(itos))
 #   dtype, why, autocast, scaler = setup_precision(cfg, device)
-#   optimizers = make_optimizers(model, cfg, ns_dtype=dtype)
+#   optimizers = make_optimizers(model, cfg, ns_dtype=getattr(torch, dtype))
 # plus what a real run needs around that (the flags' defaults, resuming, several processes, the clock),
 # and the helpers named in section 5f keep the books (logs, checkpoints, progress lines).
 

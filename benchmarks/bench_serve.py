@@ -71,9 +71,9 @@ def load(url, clients, seconds, chars):
 
 def screenshot(url, path):
     from browser import Browser
-    b = Browser(width=1000, height=720)
+    b = Browser(width=1000, height=860)
     try:
-        b.open(url + "/?prompt=ROMEO:&max_new_tokens=400&seed=1337&temperature=0.8&autorun=1")
+        b.open(url + "/?prompt=ROMEO:&max_new_tokens=300&seed=1337&temperature=0.8&autorun=1")
         b.wait_for("document.body.dataset.done", timeout=120)
         b.screenshot(path)
     finally:
