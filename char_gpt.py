@@ -1339,24 +1339,29 @@ def print_samples(model, itos, cfg, device):
 # 5g. Serving the model: a small lesson on what a web API is. A server waits on a port; a client (a
 # browser, curl, a program) sends a request: a method (GET to read, POST to send data), a path, headers,
 # and maybe a body; the server answers with a status code (200 OK, 400 the request is wrong, 404 no such
-# path, ...), headers, and a body. http.server from the standard library speaks the protocol; we write
+# path, 405 not with this method, 413 too large, ...), headers, and a body. http.server from the standard
+# library speaks the protocol: for each request it calls our handler's do_GET, do_POST, ... (by the
+# method's name), with the body to read from self.rfile and the answer to write to self.wfile. We write
 # what each path answers:
 #   GET  /          a page to try the model in a browser (assets/generate.html, shared by both scripts)
 #   GET  /health    the model, as JSON
-#   POST /generate  JSON in, {"prompt": "ROMEO:", "max_new_tokens": 200, ...}; JSON out, the text and
-#                   the settings used. With "stream": true, the characters as they are sampled instead.
-# Streaming uses HTTP/1.1 chunked transfer encoding: the body goes out in pieces, each prefixed by its
-# length, and the browser's fetch() reads them as they come. (Server-sent events would need the
-# browser's EventSource, which can only GET, and the prompt travels in a POST body.)
-# Each request runs in its own thread (ThreadingHTTPServer) with its own random generator and its own
-# key/value cache; the model is only read, so requests share nothing that changes. A client that stalls
-# is dropped after SOCKET_TIMEOUT seconds, so it cannot hold a thread for ever.
+#   POST /generate  JSON in, {"prompt": "ROMEO:", "max_new_tokens": 200, ...}; JSON out, the new text
+#                   (without the prompt) and the settings used. With "stream": true, the new characters
+#                   themselves, as they are sampled.
+# Streaming uses HTTP/1.1 chunked transfer encoding: the body goes out in pieces, each its length in hex,
+# a line break, the bytes, a line break; an empty piece ends it. The browser's fetch() reads the pieces as
+# they come. (Server-sent events, the other way to stream, need the browser's EventSource, which can only
+# GET; our prompt travels in a POST body.)
+# Each request is handled in its own Python thread (ThreadingHTTPServer), with its own random generator
+# and its own key/value cache; the model's weights are only read, so requests share nothing that changes.
+# A client silent for SOCKET_TIMEOUT seconds (in the middle of sending, or between requests on a kept-
+# alive connection) is dropped, so it cannot hold a thread for ever.
 
 MAX_BODY = 64 * 1024
 MAX_NEW_TOKENS_SERVED = 5000
 SOCKET_TIMEOUT = 30
 REQUEST_FIELDS = {"prompt": (str,), "max_new_tokens": (int,), "temperature": (int, float),
-                  "top_k": (int, type(None)), "seed": (int,), "stream": (bool,)}  # exact types: True is no int
+                  "top_k": (int, type(None)), "seed": (int,), "stream": (bool,)}  # exact: in Python True is an int
 
 
 class BadRequest(Exception):
@@ -1390,8 +1395,12 @@ def read_request(body, cfg, stoi):
         raise BadRequest(400, f"the prompt has characters the model never saw: {''.join(missing)!r}")
     if not 1 <= n <= MAX_NEW_TOKENS_SERVED:
         raise BadRequest(400, f"max_new_tokens={n}: ask for 1 to {MAX_NEW_TOKENS_SERVED}")
-    if settings["temperature"] < 0 or (settings["top_k"] is not None and settings["top_k"] < 1):
-        raise BadRequest(400, "temperature must be at least 0 and top_k at least 1 (or null)")
+    if not 0 <= settings["temperature"] < math.inf:  # (JSON parsing lets NaN and Infinity through)
+        raise BadRequest(400, f"temperature={settings['temperature']}: give a number from 0 up")
+    if settings["top_k"] is not None and settings["top_k"] < 1:
+        raise BadRequest(400, f"top_k={settings['top_k']}: give at least 1, or null for all characters")
+    if not 0 <= settings["seed"] < 2**63:
+        raise BadRequest(400, f"seed={settings['seed']}: give a whole number from 0 to 2**63 - 1")
     return settings
 
 
@@ -1417,11 +1426,11 @@ def make_handler(model, itos, device, cfg, about):
     page = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "generate.html"), "rb").read()
 
     class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # for chunked streaming and kept-alive connections
+        protocol_version = "HTTP/1.1"  # for chunked streaming; a connection may then carry several requests
         timeout = SOCKET_TIMEOUT
 
         def do_GET(self):
-            path = self.path.split("?")[0]
+            path = self.path.split("?")[0]  # the page reads its own ?prompt=... parameters
             if path == "/":
                 self.answer(200, page, "text/html; charset=utf-8")
             elif path == "/health":
@@ -1437,9 +1446,15 @@ def make_handler(model, itos, device, cfg, about):
                 return self.not_allowed()
             if path != "/generate":
                 return self.answer_json(404, {"error": f"no such path {path}: POST goes to /generate"})
-            size = int(self.headers.get("Content-Length") or 0)
-            if size > MAX_BODY:
-                self.close_connection = True  # the body is left unread
+            try:
+                size = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                size = -1
+            if not 0 <= size <= MAX_BODY:
+                # the body is left unread, so its bytes would be taken for the next request: hang up after
+                self.close_connection = True
+                if size < 0:
+                    return self.answer_json(400, {"error": "Content-Length must be the body's size in bytes"})
                 return self.answer_json(413, {"error": f"the body is {size:,} bytes; the limit is {MAX_BODY:,}"})
             try:
                 settings = read_request(self.rfile.read(size), cfg, stoi)
@@ -1453,7 +1468,7 @@ def make_handler(model, itos, device, cfg, about):
         def not_allowed(self):
             self.answer_json(405, {"error": f"{self.command} {self.path} is not served: GET / or /health, "
                                             "POST /generate"})
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = not_allowed
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = not_allowed
 
         def stream(self, settings):
             self.send_response(200)
@@ -1461,7 +1476,8 @@ def make_handler(model, itos, device, cfg, about):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
 
-            def send(piece):  # one chunk: its length in hex, the bytes, CRLF
+            def send(piece):  # one chunk: its length in hex, CRLF (a line break, "\r\n"), the bytes, CRLF.
+                # A client that has gone makes this write fail (OSError): that ends the sampling, in handle()
                 data = piece.encode("utf-8")
                 self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
@@ -1476,7 +1492,8 @@ def make_handler(model, itos, device, cfg, about):
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":  # an answer to HEAD is the headers alone
+                self.wfile.write(body)
 
         def handle(self):
             try:
@@ -1503,9 +1520,9 @@ def serve(cfg):
     except OSError as e:
         raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}): choose another --port") from None
     server.daemon_threads = True  # Ctrl-C does not wait for clients still connected
-    torch.set_num_threads(1)  # each request samples on one thread; requests at once share the cores
+    torch.set_num_threads(1)  # torch's own threads: each request's small ops run on one; requests share cores
     host, port = server.server_address[:2]
-    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+    if cfg.host not in ("127.0.0.1", "localhost"):
         print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model")
     print(f"serving {KIND} ({about['parameters']:,} parameters, vocabulary {about['vocab_size']}, "
           f"{about['iters']:,} iterations, val loss {about['val_loss']:.4f}) at http://{host}:{port}/ "

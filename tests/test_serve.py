@@ -157,6 +157,11 @@ def test_the_page_is_self_contained(server):
     ({"prompt": "A", "max_new_tokens": 5001}, 400, ["5000"]),
     ({"prompt": "A", "max_new_tokens": 0}, 400, ["max_new_tokens"]),
     ({"prompt": "A", "temperature": -1}, 400, ["temperature"]),
+    (b'{"prompt": "A", "temperature": NaN}', 400, ["temperature"]),
+    (b'{"prompt": "A", "temperature": Infinity}', 400, ["temperature"]),
+    ({"prompt": "A", "top_k": 0}, 400, ["top_k"]),
+    ({"prompt": "A", "seed": 2**64}, 400, ["seed"]),
+    ({"prompt": "A", "seed": -1}, 400, ["seed"]),
     (b'{"prompt": "' + b"a" * 70_000 + b'"}', 413, ["limit"]),
 ])
 def test_bad_requests_get_a_status_and_a_one_line_error(server, body, status, words):
@@ -169,7 +174,19 @@ def test_bad_requests_get_a_status_and_a_one_line_error(server, body, status, wo
     assert post(url, {"prompt": "A", "max_new_tokens": 3})[0] == 200  # and it keeps serving
 
 
+def test_a_content_length_that_is_not_a_size(server):
+    _, url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    for length in (b"abc", b"-1"):
+        s = socket.create_connection((host, int(port)), timeout=30)
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n{}" % length)
+        assert s.recv(100).startswith(b"HTTP/1.1 400"), length
+        s.close()
+    assert post(url, {"prompt": "A", "max_new_tokens": 3})[0] == 200
+
+
 @pytest.mark.parametrize("method, path, status", [("PUT", "/generate", 405), ("GET", "/generate", 405),
+                                                  ("HEAD", "/", 405),
                                                   ("POST", "/", 405), ("DELETE", "/health", 405),
                                                   ("GET", "/nope", 404), ("POST", "/nope", 404)])
 def test_wrong_method_or_path(server, method, path, status):
@@ -177,7 +194,9 @@ def test_wrong_method_or_path(server, method, path, status):
     req = urllib.request.Request(url + path, data=b"{}" if method in ("POST", "PUT") else None, method=method)
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=30)
-    assert e.value.code == status and "error" in json.loads(e.value.read())
+    assert e.value.code == status
+    if method != "HEAD":  # (HEAD gets the headers alone)
+        assert "error" in json.loads(e.value.read())
 
 
 # ---------------------------------------------------------------- several clients, and clients that go away
