@@ -28,8 +28,8 @@ class Browser:
             os.dup2(high_r, 3)
             os.dup2(high_w, 4)
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-             f"--window-size={width},{height}", "--no-first-run", "about:blank"],
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",  # (containers)
+             "--remote-debugging-pipe", f"--window-size={width},{height}", "--no-first-run", "about:blank"],
             preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for fd in (to_chrome_r, from_chrome_w, high_r, high_w):
             os.close(fd)
