@@ -613,7 +613,20 @@ def sample_next(logits, temperature, top_k, generator=None):
         kth = torch.topk(logits, top_k).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits.float(), dim=-1).cpu()  # draw on the CPU: one generator for every device
-    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
+    return draw(probs, generator).to(logits.device)
+
+
+# One draw from probabilities p (B rows of V): an exponential race. Character i runs a race whose time is
+# E_i / p_i, with E_i ~ Exp(1) (mean 1): an exponential with rate p_i. Of independent exponential times,
+# the one with rate p_i comes first with probability p_i / sum_j p_j = p_i, so the winner, the smallest
+# E_i / p_i or the largest p_i / E_i, is a draw from p. torch.multinomial(p, 1) computes exactly this,
+# same random numbers and same winner (a test checks), after checking that p is a distribution; here,
+# at one draw per character, those checks cost more than the draw.
+
+def draw(probs, generator=None):
+    """probs (B, V), each row summing to 1 -> ids (B, 1), id i with probability probs[:, i]."""
+    times = torch.empty_like(probs).exponential_(generator=generator)       # E_i ~ Exp(1)
+    return (probs / times).argmax(dim=-1, keepdim=True)
 
 
 @torch.no_grad()
@@ -684,30 +697,40 @@ class KVCache:
 
 
 # 4c. Sampling with the cache, quickly. A step is one character through the model: a few dozen
-# operations, each on a vector of n_embd numbers, so the arithmetic is cheap and the time goes to what
-# surrounds it. Measured with torch.profiler and time.perf_counter (4 layers of 128, one CPU core), a step
-# through model(...) took about 1 ms, and about half of that was Python: ~50 nn.Module calls, the split
-# and reshapes of heads() and merge(), dropout calls that do nothing in eval mode. forward_one below
-# computes the same numbers for one new position, bit for bit (a test checks), with the functions the
-# modules call and nothing around them: about 0.55 ms. The loop in generate adds: inference_mode (no
-# autograd bookkeeping at all, where no_grad still counts versions), the preallocated cache, an output
-# tensor written in place instead of one torch.cat per character. (Running the steps on one intra-op
-# thread helps too; the command line and the server do that, section 5.)
+# operations, each on a vector of n_embd numbers, so the arithmetic is cheap (0.8 million multiply-adds
+# at 4 layers of 128) and the time goes to what surrounds it. Measured (time.perf_counter, torch.profiler;
+# 4 layers of 128, one CPU core), a step through model(...) takes ~0.8 ms, most of it Python: ~50
+# nn.Module calls, the splits and reshapes of heads() and merge(), dropout calls that do nothing in eval
+# mode, and ~70 lookups like block.attn.c_attn.weight (nn.Module finds each submodule and parameter with
+# its own attribute lookup, ~1 microsecond each). forward_one computes the same numbers, bit for bit (a
+# test checks), with the functions the modules call and nothing around them, on weights gathered once per
+# run (step_weights), and on one vector per sequence, (B, C), rather than a sequence of one, (B, 1, C):
+# ~0.4 ms. generate adds inference_mode (no autograd bookkeeping at all; no_grad still counts tensor
+# versions), the preallocated cache, and an output tensor written in place rather than one torch.cat per
+# character. (Section 5's sampling_settings, one thread and torch's own GELU, takes another ~10% off.)
 
-def forward_one(model, idx, caches):
-    """model(idx, caches=caches)[0] for idx (B, 1), one new character per sequence (eval mode): logits (B, 1, V)."""
-    B, C = idx.size(0), model.wte.weight.size(1)
-    x = model.wte.weight[idx] + model.wpe.weight[caches[0].filled]          # (B, 1, C)
-    for block, cache in zip(model.blocks, caches, strict=True):
-        nh = block.attn.n_head
-        qkv = F.linear(F.layer_norm(x, (C,), block.ln_1.weight), block.attn.c_attn.weight)   # (B, 1, 3C)
+def step_weights(model):
+    """The tensors forward_one reads, gathered once: per block (n_head, ln_1, c_attn, attn.c_proj, ln_2,
+    c_fc, mlp.c_proj), then the embeddings, the final LayerNorm's gain and lm_head."""
+    blocks = [(b.attn.n_head, b.ln_1.weight, b.attn.c_attn.weight, b.attn.c_proj.weight,
+               b.ln_2.weight, b.mlp.c_fc.weight, b.mlp.c_proj.weight) for b in model.blocks]
+    return blocks, model.wte.weight, model.wpe.weight, model.ln_f.weight, model.lm_head.weight
+
+
+def forward_one(weights, idx, caches):
+    """model(idx, caches=caches)[0][:, -1] for idx (B, 1), one new character per sequence (eval mode):
+    logits (B, V). weights: step_weights(model)."""
+    blocks, wte, wpe, ln_f, lm_head = weights
+    B, C = idx.size(0), wte.size(1)
+    x = wte[idx[:, 0]] + wpe[caches[0].filled]                               # (B, C)
+    for (nh, ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj), cache in zip(blocks, caches, strict=True):
+        qkv = F.linear(F.layer_norm(x, (C,), ln_1), c_attn)                  # (B, 3C)
         q, k, v = qkv.view(B, 3, nh, 1, C // nh).unbind(1)                  # 3 x (B, nh, 1, d_k)
         k, v = cache.extend(k, v)
         y = F.scaled_dot_product_attention(q, k, v)                         # one query: it sees every key
-        x = x + F.linear(y.view(B, 1, C), block.attn.c_proj.weight)         # (B, nh, 1, d_k) is (B, 1, C)
-        h = F.linear(F.layer_norm(x, (C,), block.ln_2.weight), block.mlp.c_fc.weight)
-        x = x + F.linear(F.gelu(h), block.mlp.c_proj.weight)
-    return F.linear(F.layer_norm(x, (C,), model.ln_f.weight), model.lm_head.weight)
+        x = x + F.linear(y.view(B, C), attn_proj)                           # (B, nh, 1, d_k) is (B, C)
+        x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (C,), ln_2), c_fc)), mlp_proj)
+    return F.linear(F.layer_norm(x, (C,), ln_f), lm_head)
 
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=None, generator=None):
@@ -718,20 +741,21 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=N
     out = torch.empty(B, n + max_new_tokens, dtype=idx.dtype, device=idx.device)  # the prompt, then the new ids
     out[:, :n] = idx                                         # (made outside inference_mode: usable anywhere)
     caches = [KVCache(T) for _ in model.blocks]
+    weights = step_weights(model)
     with torch.inference_mode():
-        logits, _ = model(idx[:, -T:], caches=caches)        # prefill: the whole prompt at once
+        logits = model(idx[:, -T:], caches=caches)[0][:, -1]  # prefill: the whole prompt at once; (B, V)
         for _ in range(max_new_tokens):
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, generator)
+            nxt = sample_next(logits, temperature, top_k, generator)
             out[:, n:n + 1] = nxt
             n += 1
             if on_token:
                 on_token(nxt)
             if caches[0].filled < T:                         # room left: feed one character
-                logits = forward_one(model, nxt, caches)
+                logits = forward_one(weights, nxt, caches)
             else:                                            # full: crop and recompute
                 for cache in caches:
                     cache.clear()
-                logits, _ = model(out[:, n - max(1, T // 2):n], caches=caches)
+                logits = model(out[:, n - max(1, T // 2):n], caches=caches)[0][:, -1]
     return out
 
 
@@ -1305,22 +1329,27 @@ def check_prompt(prompt, stoi):
 
 
 @contextmanager
-def intra_op_threads(n):
-    """Run the block with torch's intra-op thread count set to n, then restore it. For sampling: the
-    operations of a one-character step (section 4c) are too small to share well: on an idle 2-core CPU a
-    second thread gains ~4%. But when the cores are busy, each hand-off waits for a thread that is not
-    running: two processes sampling at once made ~950 characters/s each with one thread and ~230 each
-    with two. So the steps use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+def sampling_settings():
+    """Run the block with the CPU settings that suit one-character steps (section 4c), then restore them.
+    One intra-op thread: a step's operations are too small to share well (on an idle 2-core CPU a second
+    thread gains ~4%), and when the cores are busy, each hand-off waits for a thread that is not running:
+    two processes sampling at once made ~950 characters/s each with one thread and ~230 each with two.
+    oneDNN off: torch hands some CPU operations, GELU among them, to the oneDNN library, whose set-up costs
+    ~7 microseconds a call, where torch's own GELU of 512 numbers takes ~1 (measured: 9% more characters/s
+    at 4 layers of 128). The two GELUs round differently in the last bit, so the same seed can, rarely,
+    draw another character with and without these settings; the command line and the server both use them."""
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn
 
 
-# (The count is one setting for the whole process, so the server, whose requests sample in threads at
-# once, sets it once at its start instead.)
+# (Both are settings of the whole process, not of one thread, so the server, whose requests sample in
+# threads at once, enters this once around all of its serving.)
 
 def print_samples(model, itos, cfg, device):
     stoi = {c: i for i, c in enumerate(itos)}
@@ -1330,7 +1359,7 @@ def print_samples(model, itos, cfg, device):
         print(f"--- sample {i + 1} ---" if cfg.num_samples > 1 else "--- sample ---")
         print(cfg.prompt, end="", flush=True)
         idx = torch.tensor([encode(cfg.prompt, stoi)], device=device)
-        with intra_op_threads(1):
+        with sampling_settings():
             generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                      on_token=lambda t: print(itos[t.item()], end="", flush=True), generator=g)
         print()
@@ -1520,7 +1549,6 @@ def serve(cfg):
     except OSError as e:
         raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}): choose another --port") from None
     server.daemon_threads = True  # Ctrl-C does not wait for clients still connected
-    torch.set_num_threads(1)  # torch's own threads: each request's small ops run on one; requests share cores
     host, port = server.server_address[:2]
     if cfg.host not in ("127.0.0.1", "localhost"):
         print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model")
@@ -1530,7 +1558,8 @@ def serve(cfg):
     for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the server (even where a shell ignored SIGINT)
         signal.signal(sig, signal.default_int_handler)
     try:
-        server.serve_forever()
+        with sampling_settings():  # one torch thread per request's small ops: requests share the cores
+            server.serve_forever()
     except KeyboardInterrupt:
         print("stopped serving")
     finally:

@@ -4,7 +4,8 @@ every new character). Run by hand on a quiet machine (check `uptime` first); not
   python benchmarks/bench_sampling.py --nanogpt DIR          # DIR: a nanoGPT checkout (its model.py is imported)
   python benchmarks/bench_sampling.py --nanogpt DIR --ours OTHER_CHECKOUT   # time another char_gpt.py, e.g. an
                                                              # older commit's, against the same nanoGPT
-  python benchmarks/bench_sampling.py --threads_unchanged    # ours only, without the one-thread steps
+  python benchmarks/bench_sampling.py --settings_unchanged   # ours only, without sampling_settings() (one
+                                                             # thread, oneDNN off) around the steps
 
 Both models get the same shape and random weights of the same scale (seed 0), vocabulary 65, block_size 256,
 no dropout; nanoGPT with bias=False, as ours. Each run continues a 256-character random prompt (one full
@@ -62,10 +63,12 @@ def main(args):
     cg = import_file("char_gpt", Path(args.ours) / "char_gpt.py")
     nano = import_file("nanogpt_model", Path(args.nanogpt) / "model.py") if args.nanogpt else None
     print(f"CPU: {cpu_kind()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"ours: {Path(args.ours).resolve() / 'char_gpt.py'}{' (threads unchanged)' * args.threads_unchanged}; "
+    print(f"ours: {Path(args.ours).resolve() / 'char_gpt.py'}{' (settings unchanged)' * args.settings_unchanged}; "
           f"nanoGPT: {Path(args.nanogpt).resolve() / 'model.py' if nano else '(not timed)'}")
     print(f"{args.new:,} new characters after a {BLOCK}-character prompt, temperature 1, median of {args.rounds} "
           "alternating rounds\n")
+    # (an older char_gpt.py, before sampling_settings, set only its thread count)
+    settings = getattr(cg, "sampling_settings", None) or (lambda: cg.intra_op_threads(1))
     print("| model | ours chars/s | nanoGPT chars/s | ours / nanoGPT |\n|---|---|---|---|")
     for name, shape in SHAPES:
         torch.manual_seed(0)
@@ -77,7 +80,7 @@ def main(args):
         prompt = torch.randint(VOCAB, (1, BLOCK), generator=torch.Generator().manual_seed(1))
 
         def ours_run(n, m=ours, p=prompt):
-            with nullcontext() if args.threads_unchanged else cg.intra_op_threads(1):  # as the command line samples
+            with nullcontext() if args.settings_unchanged else settings():  # as the command line samples
                 return cg.generate(m, p, n, temperature=1.0, generator=torch.Generator().manual_seed(0))
         runs = {"ours": ours_run}
         if nano:
@@ -102,7 +105,7 @@ if __name__ == "__main__":
     p.add_argument("--ours", default=str(REPO), help="the checkout whose char_gpt.py to time (default: this one)")
     p.add_argument("--new", type=int, default=1000, help="new characters per run")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads_unchanged", action="store_true",
-                   help="run ours with torch's thread count as it is (no intra_op_threads(1) for the steps)")
+    p.add_argument("--settings_unchanged", action="store_true",
+                   help="run ours with torch's settings as they are (no sampling_settings() around the steps)")
     p.add_argument("--verbose", action="store_true", help="print every round")
     main(p.parse_args())

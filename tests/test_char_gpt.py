@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -302,17 +303,19 @@ def test_preallocated_cache_extend_returns_the_concatenation():
     assert torch.equal(got_k, k) and torch.equal(got_v, v) and cache.keys is storage
 
 
-def test_forward_one_equals_the_model_bit_for_bit():
+@pytest.mark.parametrize("settings", [nullcontext, cg.sampling_settings])
+def test_forward_one_equals_the_model_bit_for_bit(settings):
     model = tiny_model()
     idx = torch.randint(20, (2, 24))
     by_model = [cg.KVCache(model.block_size) for _ in model.blocks]
     by_hand = [cg.KVCache(model.block_size) for _ in model.blocks]
-    with torch.inference_mode():
+    weights = cg.step_weights(model)
+    with torch.inference_mode(), settings():
         model(idx[:, :10], caches=by_model)
         model(idx[:, :10], caches=by_hand)
         for t in range(10, 24):                              # one character at a time, to the full window
             expected, _ = model(idx[:, t:t + 1], caches=by_model)
-            assert torch.equal(cg.forward_one(model, idx[:, t:t + 1], by_hand), expected)
+            assert torch.equal(cg.forward_one(weights, idx[:, t:t + 1], by_hand), expected[:, -1])
         assert torch.equal(by_hand[-1].k, by_model[-1].k) and torch.equal(by_hand[-1].v, by_model[-1].v)
 
 
@@ -354,12 +357,26 @@ def test_generate_leaves_the_thread_count_alone_and_returns_ordinary_ids():
     out = cg.generate(model, torch.zeros(1, 1, dtype=torch.long), 20, on_token=seen.append,
                       generator=torch.Generator().manual_seed(0))
     assert torch.get_num_threads() == threads  # it is one setting for the whole process: not generate's
-    with cg.intra_op_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == threads
+    onednn = torch.backends.mkldnn.enabled
+    with cg.sampling_settings():
+        assert torch.get_num_threads() == 1 and not torch.backends.mkldnn.enabled
+    assert torch.get_num_threads() == threads and torch.backends.mkldnn.enabled == onednn
     assert torch.equal(torch.cat(seen, dim=1), out[:, 1:])
     _, loss = model.train()(out[:, :-1], out[:, 1:])         # the ids can be trained on (no inference tensor)
     loss.backward()
+
+
+def test_the_exponential_race_draws_what_torch_multinomial_draws():
+    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(0))
+    logits[1, 10:] = float("-inf")                           # a row with zeros in it, as top_k leaves
+    probs = torch.softmax(logits, dim=-1)
+    mine, theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(2000):                                    # the same random numbers, the same winners
+        assert torch.equal(cg.draw(probs, mine), torch.multinomial(probs, 1, generator=theirs))
+    # and the winners follow the probabilities: 40,000 draws from row 1 (zero beyond its first 10 characters)
+    freq = torch.bincount(cg.draw(probs[1:2].expand(40_000, 40), mine)[:, 0], minlength=40) / 40_000
+    assert freq[10:].sum() == 0
+    torch.testing.assert_close(freq, probs[1], rtol=0, atol=0.01)   # binomial sd <= 0.0025
 
 
 def test_top_k_and_temperature():
