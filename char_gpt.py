@@ -26,6 +26,7 @@ Outputs go to --out_dir (default out/char_gpt): ckpt.pt, log.csv, metrics.json, 
 """
 
 import argparse
+import collections
 import csv
 import json
 import math
@@ -598,9 +599,11 @@ def train(cfg, quiet=False):
 # optionally keep only the top_k most likely characters, draw one, append it, and repeat.
 # Without a cache, each new character re-runs the whole window. With a key/value cache, each layer
 # keeps the keys and values it already computed, so a new character costs one position's forward.
-# Our position embeddings are absolute (0..block_size-1), so the cache cannot simply slide: when it
-# is full, we crop the text to its last block_size // 2 characters and recompute the cache from
-# them (one half-window forward per block_size // 2 new characters).
+# Our position embeddings are absolute (0..block_size-1), so the cache cannot simply slide: every cached
+# key and value was computed from a vector that holds its character's position, and after a slide by one
+# each character would sit one position earlier, so all of them would be wrong. When the cache is full,
+# we crop the text to its last block_size // 2 characters and recompute the cache from them (one
+# half-window forward per block_size // 2 new characters).
 
 # 4a. Drawing one character, and the plain sampling loop.
 
@@ -610,18 +613,24 @@ def sample_next(logits, temperature, top_k, generator=None):
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits.float(), dim=-1).cpu()  # draw on the CPU: one generator for every device
+        kth = torch.topk(logits, top_k).values[:, -1:]                      # (characters tied with the
+        logits = logits.masked_fill(logits < kth, float("-inf"))            # k-th stay in too)
+    # The random numbers come from one CPU generator, whatever the model's device: a seed gives the same
+    # draws on a CPU and a GPU.
+    probs = F.softmax(logits.float(), dim=-1).cpu()
     return draw(probs, generator).to(logits.device)
 
 
-# One draw from probabilities p (B rows of V): an exponential race. Character i runs a race whose time is
-# E_i / p_i, with E_i ~ Exp(1) (mean 1): an exponential with rate p_i. Of independent exponential times,
-# the one with rate p_i comes first with probability p_i / sum_j p_j = p_i, so the winner, the smallest
-# E_i / p_i or the largest p_i / E_i, is a draw from p. torch.multinomial(p, 1) computes exactly this,
-# same random numbers and same winner (a test checks), after checking that p is a distribution; here,
-# at one draw per character, those checks cost more than the draw.
+# One draw from probabilities p (B rows of V): an exponential race. An exponential time with rate r is a
+# waiting time t with P(t > s) = e^(-r s) (density r e^(-r s)); E ~ Exp(1) is one with rate 1, and E / r
+# is one with rate r. Character i runs the race in time E_i / p_i, rate p_i, all E_i independent. It wins
+# when every other time is longer than its own, s; those others together last past s with probability
+# e^(-(1 - p_i) s), since the rates sum to 1, so
+#   P(i wins) = integral over s of p_i e^(-p_i s) e^(-(1 - p_i) s) ds = p_i integral e^(-s) ds = p_i.
+# The winner, the smallest E_i / p_i or the largest p_i / E_i, is a draw from p. torch.multinomial(p, 1)
+# computes exactly this, same random numbers and same winner (a test checks), after checking that p is a
+# distribution; those checks cost more than the draw itself, and written out the sampler makes 6% more
+# characters a second.
 
 def draw(probs, generator=None):
     """probs (B, V), each row summing to 1 -> ids (B, 1), id i with probability probs[:, i]."""
@@ -703,11 +712,13 @@ class KVCache:
 # nn.Module calls, the splits and reshapes of heads() and merge(), dropout calls that do nothing in eval
 # mode, and ~70 lookups like block.attn.c_attn.weight (nn.Module finds each submodule and parameter with
 # its own attribute lookup, ~1 microsecond each). forward_one computes the same numbers, bit for bit (a
-# test checks), with the functions the modules call and nothing around them, on weights gathered once per
-# run (step_weights), and on one vector per sequence, (B, C), rather than a sequence of one, (B, 1, C):
-# ~0.4 ms. generate adds inference_mode (no autograd bookkeeping at all; no_grad still counts tensor
-# versions), the preallocated cache, and an output tensor written in place rather than one torch.cat per
-# character. (Section 5's sampling_settings, one thread and torch's own GELU, takes another ~10% off.)
+# test checks), with the functions the modules call and nothing around them, on one vector per sequence,
+# (B, C), rather than a sequence of one, (B, 1, C), and without those lookups: step_weights does them
+# once per generate call and hands forward_one the tensors: ~0.4 ms. generate adds inference_mode (no
+# autograd bookkeeping at all, where no_grad still keeps a version counter on every tensor), the
+# preallocated cache, and an output tensor written in place rather than one torch.cat per character.
+# (Section 5's sampling_settings takes another ~10% off: one thread, and GELU computed by torch's own
+# kernel rather than handed to the library oneDNN.)
 
 def step_weights(model):
     """The tensors forward_one reads, gathered once: per block (n_head, ln_1, c_attn, attn.c_proj, ln_2,
@@ -724,11 +735,13 @@ def forward_one(weights, idx, caches):
     B, C = idx.size(0), wte.size(1)
     x = wte[idx[:, 0]] + wpe[caches[0].filled]                               # (B, C)
     for (nh, ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj), cache in zip(blocks, caches, strict=True):
-        qkv = F.linear(F.layer_norm(x, (C,), ln_1), c_attn)                  # (B, 3C)
+        qkv = F.linear(F.layer_norm(x, (C,), ln_1), c_attn)                  # (B, 3C): q | k | v
+        # each of q, k, v is nh heads of d_k side by side; heads() also moves the head axis before the
+        # time axis (transpose), but with T = 1 an axis of size 1 can go anywhere without moving memory
         q, k, v = qkv.view(B, 3, nh, 1, C // nh).unbind(1)                  # 3 x (B, nh, 1, d_k)
         k, v = cache.extend(k, v)
         y = F.scaled_dot_product_attention(q, k, v)                         # one query: it sees every key
-        x = x + F.linear(y.view(B, C), attn_proj)                           # (B, nh, 1, d_k) is (B, C)
+        x = x + F.linear(y.view(B, C), attn_proj)                           # merge(), the same way
         x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (C,), ln_2), c_fc)), mlp_proj)
     return F.linear(F.layer_norm(x, (C,), ln_f), lm_head)
 
@@ -739,7 +752,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=N
     T = model.block_size
     B, n = idx.shape
     out = torch.empty(B, n + max_new_tokens, dtype=idx.dtype, device=idx.device)  # the prompt, then the new ids
-    out[:, :n] = idx                                         # (made outside inference_mode: usable anywhere)
+    out[:, :n] = idx                      # (made outside inference_mode: a tensor made inside could never
+                                          # be used with autograd, e.g. trained on)
     caches = [KVCache(T) for _ in model.blocks]
     weights = step_weights(model)
     with torch.inference_mode():
@@ -750,6 +764,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=N
             n += 1
             if on_token:
                 on_token(nxt)
+            if n == out.size(1):                             # the last: its logits would go unused
+                break
             if caches[0].filled < T:                         # room left: feed one character
                 logits = forward_one(weights, nxt, caches)
             else:                                            # full: crop and recompute
@@ -1331,13 +1347,15 @@ def check_prompt(prompt, stoi):
 @contextmanager
 def sampling_settings():
     """Run the block with the CPU settings that suit one-character steps (section 4c), then restore them.
-    One intra-op thread: a step's operations are too small to share well (on an idle 2-core CPU a second
-    thread gains ~4%), and when the cores are busy, each hand-off waits for a thread that is not running:
-    two processes sampling at once made ~950 characters/s each with one thread and ~230 each with two.
-    oneDNN off: torch hands some CPU operations, GELU among them, to the oneDNN library, whose set-up costs
-    ~7 microseconds a call, where torch's own GELU of 512 numbers takes ~1 (measured: 9% more characters/s
-    at 4 layers of 128). The two GELUs round differently in the last bit, so the same seed can, rarely,
-    draw another character with and without these settings; the command line and the server both use them."""
+    One intra-op thread (torch can split one operation over several threads; this allows one): a step's
+    operations are too small to share well (on an idle 2-core CPU a second thread gains ~4%), and when the
+    cores are busy, each hand-off waits for a thread that is not running: two processes sampling at once
+    made ~950 characters/s each with one thread and ~230 each with two.
+    oneDNN off: torch hands some CPU operations, GELU among them, to Intel's oneDNN library (torch calls it
+    mkldnn, its old name), whose set-up costs ~7 microseconds a call, where torch's own GELU of the MLP's
+    4 x 128 numbers takes ~1 (measured: 9% more characters/s at 4 layers of 128). The two GELUs round
+    differently in the last bit, so the same seed can, rarely, draw another character with and without
+    these settings; the command line and the server both use them. (On a GPU neither setting matters.)"""
     threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = False
@@ -1348,8 +1366,9 @@ def sampling_settings():
         torch.backends.mkldnn.enabled = onednn
 
 
-# (Both are settings of the whole process, not of one thread, so the server, whose requests sample in
-# threads at once, enters this once around all of its serving.)
+# (The server, 5g, whose requests sample in threads at once, enters this once around all of its serving,
+# before any request thread starts: a thread starts with the thread count of the moment, and requests
+# that each set and restored these settings would undo one another's.)
 
 def print_samples(model, itos, cfg, device):
     stoi = {c: i for i, c in enumerate(itos)}
@@ -1433,19 +1452,78 @@ def read_request(body, cfg, stoi):
     return settings
 
 
+# Taking turns. Python runs one thread at a time: a thread must hold the interpreter's lock (the GIL) to
+# run Python code, and torch lets go of it inside each operation. A sampling step is ~60 small operations
+# with Python between them, so two requests stepping at once pass the GIL back and forth ~120 times a
+# character, each pass waking a thread that sleeps: measured on 2 cores, 2 clients made 1,527 characters/s
+# together where one alone made 2,516, and 4 clients 1,119. (char_rnn.py's step is a few larger operations:
+# there two at once still gain.) So requests take turns at the model: STEPPERS at a time (here one), in
+# the order they came, TURN_CHARS characters a turn. Between its turns a request sends the characters it has
+# made, outside its turn, so a client slow to read holds up only its own request. (Servers for many users
+# go further and batch: one forward pass steps every waiting request at once, as B sequences.)
+
+STEPPERS = 1
+TURN_CHARS = 8
+
+
+class Turns:
+    """At most n holders at once; the others queue, and each turn goes to the first in line (a plain
+    threading.Lock would let the thread that just let go take it straight back, again and again)."""
+
+    def __init__(self, n):
+        self.guard = threading.Lock()  # held only while `free` and the queue change
+        self.free = n
+        self.queue = collections.deque()
+
+    def begin(self):
+        with self.guard:
+            if self.free > 0:
+                self.free -= 1
+                return
+            wake = threading.Lock()
+            wake.acquire()
+            self.queue.append(wake)
+        wake.acquire()  # waits here until end() hands this thread the turn
+
+    def end(self):
+        with self.guard:
+            if self.queue:
+                self.queue.popleft().release()  # the turn passes straight on; `free` stays as it is
+            else:
+                self.free += 1
+
+
+TURNS = Turns(STEPPERS)
+
+
 def complete(model, itos, stoi, settings, device, on_text=None):
-    """The text the model samples after the prompt; on_text(str) sees each character as it comes.
+    """The text the model samples after the prompt; on_text(str) sees it piece by piece as it comes.
     The same settings and seed give the same text (and the same as --sample_only with that --seed)."""
     g = torch.Generator().manual_seed(settings["seed"])
     idx = torch.tensor([encode(settings["prompt"], stoi)], device=device)
-    new = []
+    new, sent = [], 0
+
+    def send():
+        nonlocal sent
+        if on_text and sent < len(new):
+            on_text("".join(new[sent:]))
+        sent = len(new)
 
     def take(ids):
         new.append(itos[ids.item()])
-        if on_text:
-            on_text(new[-1])
-    generate(model, idx, settings["max_new_tokens"], settings["temperature"], settings["top_k"], on_token=take,
-             generator=g)
+        if len(new) % TURN_CHARS == 0:  # the turn is over: the next in line steps while this one sends
+            TURNS.end()
+            try:
+                send()
+            finally:
+                TURNS.begin()
+    TURNS.begin()
+    try:
+        generate(model, idx, settings["max_new_tokens"], settings["temperature"], settings["top_k"],
+                 on_token=take, generator=g)
+    finally:
+        TURNS.end()
+    send()
     return "".join(new)
 
 

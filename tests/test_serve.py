@@ -5,6 +5,7 @@ the way a user starts it, and spoken to with urllib and raw sockets.
 """
 
 import http.client
+import importlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import torch
 from browser import CHROMIUM, Browser
 from helpers import REPO, SMALL_TEXT, run
 
@@ -242,6 +244,65 @@ def test_a_client_that_disconnects_mid_stream_or_stalls_does_not_wedge_the_serve
     stalled.sendall(b"POST /generate HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # and never the rest
     assert post(url, {"prompt": "A", "max_new_tokens": 5})[0] == 200
     stalled.close()
+
+
+def script_module(script):
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module(script.removesuffix(".py"))
+
+
+def wait_until(condition, seconds=10):
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_requests_take_turns_in_the_order_they_came(script):
+    turns = script_module(script).Turns(1)
+    order = []
+
+    def request(i):
+        turns.begin()
+        order.append(i)
+        turns.end()
+    turns.begin()                                            # a request is stepping; five more come, in order
+    threads = []
+    for i in range(5):
+        threads.append(threading.Thread(target=request, args=(i,)))
+        threads[-1].start()
+        wait_until(lambda i=i: len(turns.queue) == i + 1)    # queued behind the others
+    assert order == []                                       # nobody steps while the turn is held
+    turns.end()
+    for t in threads:
+        t.join(10)
+    assert order == [0, 1, 2, 3, 4] and turns.free == 1 and not turns.queue
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_turns_let_n_step_at_once_and_no_more(script):
+    turns = script_module(script).Turns(2)
+    turns.begin()
+    turns.begin()                                            # two at once: neither waits
+    third = threading.Thread(target=lambda: (turns.begin(), turns.end()))
+    third.start()
+    wait_until(lambda: len(turns.queue) == 1)                # the third waits
+    turns.end()                                              # a turn frees: it goes to the third
+    third.join(10)
+    assert not third.is_alive() and not turns.queue
+    turns.end()
+    assert turns.free == 2
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_sampling_settings_are_one_thread_and_no_onednn_and_are_restored(script):
+    module = script_module(script)
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    with module.sampling_settings():
+        assert torch.get_num_threads() == 1 and not torch.backends.mkldnn.enabled
+    assert torch.get_num_threads() == threads and torch.backends.mkldnn.enabled == onednn
 
 
 # ---------------------------------------------------------------- starting it
