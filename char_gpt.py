@@ -1366,9 +1366,9 @@ def sampling_settings():
         torch.backends.mkldnn.enabled = onednn
 
 
-# (The server, 5g, whose requests sample in threads at once, enters this once around all of its serving,
-# before any request thread starts: a thread starts with the thread count of the moment, and requests
-# that each set and restored these settings would undo one another's.)
+# (Both settings are global: one value for every thread of the process. So the server, 5g, whose
+# requests sample in threads at once, enters this once around all of its serving; requests that each set
+# and restored the settings would undo one another's.)
 
 def print_samples(model, itos, cfg, device):
     stoi = {c: i for i, c in enumerate(itos)}
@@ -1401,7 +1401,8 @@ def print_samples(model, itos, cfg, device):
 # they come. (Server-sent events, the other way to stream, need the browser's EventSource, which can only
 # GET; our prompt travels in a POST body.)
 # Each request is handled in its own Python thread (ThreadingHTTPServer), with its own random generator
-# and its own key/value cache; the model's weights are only read, so requests share nothing that changes.
+# and its own key/value cache; the model's weights are only read (each request's model.eval() sets a flag that
+# is already set), so requests share nothing that changes.
 # A client silent for SOCKET_TIMEOUT seconds (in the middle of sending, or between requests on a kept-
 # alive connection) is dropped, so it cannot hold a thread for ever.
 
@@ -1453,22 +1454,30 @@ def read_request(body, cfg, stoi):
 
 
 # Taking turns. Python runs one thread at a time: a thread must hold the interpreter's lock (the GIL) to
-# run Python code, and torch lets go of it inside each operation. A sampling step is ~60 small operations
-# with Python between them, so two requests stepping at once pass the GIL back and forth ~120 times a
-# character, each pass waking a thread that sleeps: measured on 2 cores, 2 clients made 1,527 characters/s
-# together where one alone made 2,516, and 4 clients 1,119. (char_rnn.py's step is a few larger operations:
-# there two at once still gain.) So requests take turns at the model: STEPPERS at a time (here one), in
-# the order they came, TURN_CHARS characters a turn. Between its turns a request sends the characters it has
-# made, outside its turn, so a client slow to read holds up only its own request. (Servers for many users
-# go further and batch: one forward pass steps every waiting request at once, as B sequences.)
+# run Python code. torch lets go of it inside each operation, so another thread can run Python meanwhile,
+# but it must get it back after. A sampling step is ~60 small operations with Python between them, so two
+# requests stepping at once hand the GIL to each other ~60 times per character of each, and each hand-over
+# wakes a sleeping thread, which takes the operating system a few microseconds: as long as the operation
+# itself. Measured on 2 cores, 2 clients made 1,527 characters/s together where one alone made 2,516, and
+# 4 clients 1,119. So requests take turns at the model: STEPPERS at a time (here one), in the order they
+# came, TURN_CHARS characters a turn (a hand-over costs a wake-up; 8 characters, a few milliseconds, make
+# that small while every client still sees text every few milliseconds). With turns, 2 or 4 clients make
+# nearly what one makes alone (benchmarks/bench_serve.py, README). (char_rnn.py's step is a few larger
+# operations: there two at once still gain, and it lets two.) Between its turns a request sends the
+# characters it has made, outside its turn, so a client slow to read holds up only its own request; one
+# that asked for the whole text at once and hung up is noticed only when its answer is written. (Servers
+# for many users go further and batch: one forward pass steps every waiting request at once, as B
+# sequences.)
 
 STEPPERS = 1
 TURN_CHARS = 8
 
 
 class Turns:
-    """At most n holders at once; the others queue, and each turn goes to the first in line (a plain
-    threading.Lock would let the thread that just let go take it straight back, again and again)."""
+    """At most n holders at once; the others queue, and each turn goes to the first in line. (A
+    threading.Lock admits one and keeps no queue: when it is let go, whoever asks first gets it, and the
+    thread that just let go usually asks again before a woken waiter is running. Measured without torch
+    operations between, the lock changed hands once in 4,000 turns.)"""
 
     def __init__(self, n):
         self.guard = threading.Lock()  # held only while `free` and the queue change
@@ -1483,7 +1492,8 @@ class Turns:
             wake = threading.Lock()
             wake.acquire()
             self.queue.append(wake)
-        wake.acquire()  # waits here until end() hands this thread the turn
+        wake.acquire()  # waits here until end() hands this thread the turn (any thread may release a
+                        # Lock; if end() comes first, this returns at once: no turn is lost)
 
     def end(self):
         with self.guard:
@@ -1509,18 +1519,18 @@ def complete(model, itos, stoi, settings, device, on_text=None):
             on_text("".join(new[sent:]))
         sent = len(new)
 
-    def take(ids):
+    def on_char(ids):  # generate calls this after each character it draws, before the next step
         new.append(itos[ids.item()])
         if len(new) % TURN_CHARS == 0:  # the turn is over: the next in line steps while this one sends
             TURNS.end()
             try:
-                send()
+                send()  # a client that has gone makes this raise: the request ends, via complete's finally
             finally:
                 TURNS.begin()
-    TURNS.begin()
+    TURNS.begin()  # the first turn also reads the prompt in
     try:
         generate(model, idx, settings["max_new_tokens"], settings["temperature"], settings["top_k"],
-                 on_token=take, generator=g)
+                 on_token=on_char, generator=g)
     finally:
         TURNS.end()
     send()
@@ -1636,7 +1646,7 @@ def serve(cfg):
     for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the server (even where a shell ignored SIGINT)
         signal.signal(sig, signal.default_int_handler)
     try:
-        with sampling_settings():  # one torch thread per request's small ops: requests share the cores
+        with sampling_settings():  # (section 5f: one torch thread, no oneDNN)
             server.serve_forever()
     except KeyboardInterrupt:
         print("stopped serving")

@@ -1113,9 +1113,9 @@ def sampling_settings():
         torch.backends.mkldnn.enabled = onednn
 
 
-# (The server, 7g, whose requests sample in threads at once, enters this once around all of its serving,
-# before any request thread starts: a thread starts with the thread count of the moment, and requests
-# that each set and restored these settings would undo one another's.)
+# (Both settings are global: one value for every thread of the process. So the server, 7g, whose
+# requests sample in threads at once, enters this once around all of its serving; requests that each set
+# and restored the settings would undo one another's.)
 
 def print_samples(model, itos, cfg, device):
     stoi = {c: i for i, c in enumerate(itos)}
@@ -1148,7 +1148,8 @@ def print_samples(model, itos, cfg, device):
 # they come. (Server-sent events, the other way to stream, need the browser's EventSource, which can only
 # GET; our prompt travels in a POST body.)
 # Each request is handled in its own Python thread (ThreadingHTTPServer), with its own random generator
-# and its own key/value cache; the model's weights are only read, so requests share nothing that changes.
+# and its own hidden state; the model's weights are only read (each request's model.eval() sets a flag that
+# is already set), so requests share nothing that changes.
 # A client silent for SOCKET_TIMEOUT seconds (in the middle of sending, or between requests on a kept-
 # alive connection) is dropped, so it cannot hold a thread for ever.
 
@@ -1200,24 +1201,31 @@ def read_request(body, cfg, stoi):
 
 
 # Taking turns. Python runs one thread at a time: a thread must hold the interpreter's lock (the GIL) to
-# run Python code, and torch lets go of it inside each operation. Requests sampling at once in threads
-# pass the GIL back and forth at every operation, each pass waking a thread that sleeps; the more small
-# operations a step has, the more that costs. A step here is a few operations (the fused cells do a
-# layer's gates in one), so two requests at once still gain: measured on 2 cores, ~2,900 characters/s
-# together against ~2,700 for one alone, and ~3,000 when at most 2 step at once. (char_gpt.py's step is
-# ~60 small operations, and there two at once make less than one alone: it lets one step at a time.) So
-# requests take turns at the model: STEPPERS at a time, in the order they came, TURN_CHARS characters a
-# turn. Between its turns a request sends the characters it has made, outside its turn, so a client slow
-# to read holds up only its own request. (Servers for many users go further and batch: one forward pass
-# steps every waiting request at once, as B sequences.)
+# run Python code. torch lets go of it inside each operation, so another thread can run Python meanwhile,
+# but it must get it back after. Requests sampling at once in threads hand the GIL to each other at every
+# operation, and each hand-over wakes a sleeping thread, which takes the operating system a few
+# microseconds; the more small operations a step has, the more that costs. A step here is a few
+# operations (the fused cells do a layer's gates in one), so two requests at once still gain. Measured on
+# 2 cores: one client alone made ~2,700 characters/s; 2 clients ~2,400 together when one stepped at a
+# time and ~3,000 when two could; 4 clients ~2,900 when two could and ~2,700 when all four could.
+# (char_gpt.py's step is ~60 small operations, and there two at once make less than one alone: it lets
+# one step at a time.) So requests take turns at the model: STEPPERS at a time (here two), in the order
+# they came, TURN_CHARS characters a turn (a hand-over costs a wake-up; 8 characters, a few milliseconds,
+# make that small while every client still sees text every few milliseconds). Between its turns a request
+# sends the characters it has made, outside its turn, so a client slow to read holds up only its own
+# request; one that asked for the whole text at once and hung up is noticed only when its answer is
+# written. (Servers for many users go further and batch: one forward pass steps every waiting request at
+# once, as B sequences.)
 
 STEPPERS = 2
 TURN_CHARS = 8
 
 
 class Turns:
-    """At most n holders at once; the others queue, and each turn goes to the first in line (a plain
-    threading.Lock would let the thread that just let go take it straight back, again and again)."""
+    """At most n holders at once; the others queue, and each turn goes to the first in line. (A
+    threading.Lock admits one and keeps no queue: when it is let go, whoever asks first gets it, and the
+    thread that just let go usually asks again before a woken waiter is running. Measured without torch
+    operations between, the lock changed hands once in 4,000 turns.)"""
 
     def __init__(self, n):
         self.guard = threading.Lock()  # held only while `free` and the queue change
@@ -1232,7 +1240,8 @@ class Turns:
             wake = threading.Lock()
             wake.acquire()
             self.queue.append(wake)
-        wake.acquire()  # waits here until end() hands this thread the turn
+        wake.acquire()  # waits here until end() hands this thread the turn (any thread may release a
+                        # Lock; if end() comes first, this returns at once: no turn is lost)
 
     def end(self):
         with self.guard:
@@ -1258,18 +1267,18 @@ def complete(model, itos, stoi, settings, device, on_text=None):
             on_text("".join(new[sent:]))
         sent = len(new)
 
-    def take(ids):
+    def on_char(ids):  # generate calls this after each character it draws, before the next step
         new.append(itos[ids.item()])
         if len(new) % TURN_CHARS == 0:  # the turn is over: the next in line steps while this one sends
             TURNS.end()
             try:
-                send()
+                send()  # a client that has gone makes this raise: the request ends, via complete's finally
             finally:
                 TURNS.begin()
-    TURNS.begin()
+    TURNS.begin()  # the first turn also reads the prompt in
     try:
         generate(model, idx, settings["max_new_tokens"], settings["temperature"], settings["top_k"],
-                 on_token=take, generator=g)
+                 on_token=on_char, generator=g)
     finally:
         TURNS.end()
     send()
@@ -1368,7 +1377,7 @@ def serve(cfg):
     from http.server import ThreadingHTTPServer
     device = pick_device(cfg.device)
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-    model, itos = load_model(cfg.out_dir, device, cfg.impl)
+    model, itos = load_model(cfg.out_dir, device, cfg.impl)  # --impl: our cells or torch's fused ones
     about = {"kind": KIND, "parameters": count_params(model), "vocab_size": len(itos), "iters": ckpt["iter"],
              "val_loss": round(ckpt["best_val_loss"], 4)}
     try:
@@ -1385,7 +1394,7 @@ def serve(cfg):
     for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the server (even where a shell ignored SIGINT)
         signal.signal(sig, signal.default_int_handler)
     try:
-        with sampling_settings():  # one torch thread per request's small ops: requests share the cores
+        with sampling_settings():  # (section 7f: one torch thread, no oneDNN)
             server.serve_forever()
     except KeyboardInterrupt:
         print("stopped serving")
