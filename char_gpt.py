@@ -1328,9 +1328,9 @@ def finish_run(run):
     return result
 
 
-def load_model(out_dir, device="cpu"):
-    """The trained model and its vocabulary from out_dir/ckpt.pt."""
-    ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+def load_model(out_dir, device="cpu", ckpt=None):
+    """The trained model and its vocabulary from out_dir/ckpt.pt (ckpt: that file, if already read)."""
+    ckpt = ckpt or load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
     cfg = Config(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(Config)}})
     model = GPT(cfg, len(ckpt["itos"]))
     model.load_state_dict(ckpt["model"])
@@ -1629,7 +1629,7 @@ def serve(cfg):
     from http.server import ThreadingHTTPServer
     device = pick_device(cfg.device)
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-    model, itos = load_model(cfg.out_dir, device)
+    model, itos = load_model(cfg.out_dir, device, ckpt=ckpt)
     about = {"kind": KIND, "parameters": count_params(model), "vocab_size": len(itos), "iters": ckpt["iter"],
              "val_loss": round(ckpt["best_val_loss"], 4)}
     try:

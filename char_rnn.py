@@ -1081,9 +1081,10 @@ def finish_run(run):
 
 # 7f. Sampling from a checkpoint, and the command line's entry point.
 
-def load_model(out_dir, device="cpu", impl=None):
-    """The trained model and its vocabulary from out_dir/ckpt.pt (impl: override the one it trained with)."""
-    ckpt = load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+def load_model(out_dir, device="cpu", impl=None, ckpt=None):
+    """The trained model and its vocabulary from out_dir/ckpt.pt (impl: override the one it trained with;
+    ckpt: that file, if already read)."""
+    ckpt = ckpt or load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
     cfg = Config(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(Config)}})
     cfg.impl = impl or cfg.impl
     model = CharRNN(cfg, len(ckpt["itos"]))
@@ -1377,7 +1378,7 @@ def serve(cfg):
     from http.server import ThreadingHTTPServer
     device = pick_device(cfg.device)
     ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-    model, itos = load_model(cfg.out_dir, device, cfg.impl)  # --impl: our cells or torch's fused ones
+    model, itos = load_model(cfg.out_dir, device, cfg.impl, ckpt)  # --impl: our cells or torch's fused ones
     about = {"kind": KIND, "parameters": count_params(model), "vocab_size": len(itos), "iters": ckpt["iter"],
              "val_loss": round(ckpt["best_val_loss"], 4)}
     try:
