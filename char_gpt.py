@@ -1401,8 +1401,8 @@ def print_samples(model, itos, cfg, device):
 # they come. (Server-sent events, the other way to stream, need the browser's EventSource, which can only
 # GET; our prompt travels in a POST body.)
 # Each request is handled in its own Python thread (ThreadingHTTPServer), with its own random generator
-# and its own key/value cache; the model's weights are only read (each request's model.eval() sets a flag that
-# is already set), so requests share nothing that changes.
+# and its own key/value cache. The model's weights are only read (and each request's model.eval() sets a
+# flag that is already set), so requests share nothing that changes.
 # A client silent for SOCKET_TIMEOUT seconds (in the middle of sending, or between requests on a kept-
 # alive connection) is dropped, so it cannot hold a thread for ever.
 
