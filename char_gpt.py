@@ -31,6 +31,7 @@ import csv
 import json
 import math
 import os
+import platform
 import signal
 import sys
 import threading
@@ -341,20 +342,20 @@ def budget_progress(it, elapsed, cfg):
 # 3b. Precision: which number format the matmuls of a training step run in. Decided once, here, for
 # the forward and backward passes and for the optimizer's own matmuls (Muon's, below) alike.
 #   float32   23 stored mantissa bits: exact enough for everything, the baseline speed.
-#   bfloat16  float32's range with 7 stored mantissa bits: 2-4x faster where the hardware has it
-#             (GPUs from Ampere on; CPUs with AVX512-BF16 or AMX), and ~50x SLOWER where it does not
-#             (a CPU with only AVX2 emulates it: measured 1.1 ms vs 52 ms for a 512x128 @ 128x512 product).
+#   bfloat16  float32's range with 7 stored mantissa bits: 2-4x faster where the hardware multiplies it
+#             natively (GPUs from Ampere on; CPUs with AVX512-BF16 or AMX), and much SLOWER where it does
+#             not: any other CPU converts every number to float32 and back (RESULTS.md has the timings).
 #   float16   10 stored mantissa bits but a narrow range (max 65504): fast on the tensor cores of
 #             GPUs before Ampere, which only emulate bfloat16; needs loss scaling (section 3d).
-#   TF32      float32 numbers multiplied with 10 mantissa bits on the tensor cores: what a GPU uses
-#             for the matmuls autocast leaves in float32.
+#   TF32      float32 numbers multiplied with 10 mantissa bits on the tensor cores of GPUs from Ampere
+#             on: what they use for the matmuls autocast leaves in float32, because we turn it on below.
 # autocast (torch.autocast, a context manager) runs the matmuls inside it in the chosen format and keeps
 # sums, LayerNorm and the loss in float32. The one exception: on a CPU, torch's attention kernel is slow
 # in bfloat16, so attention stays in float32 there (float32_attention, section 2b).
 
-def choose_dtype(device_type, cpu_fast_bf16=False, cuda_capability=None):
-    """The precision policy, a pure function of the hardware: (dtype, why). cuda_capability is the
-    GPU's (major, minor) compute capability: 8.0 is Ampere (A100), 7.x Volta/Turing (V100, T4)."""
+def choose_dtype(device_type, cpu=(False, ""), cuda_capability=None):
+    """The precision policy, a pure function of the hardware: (dtype, why). cpu is cpu_bf16()'s verdict,
+    (native, why); cuda_capability is the GPU's (major, minor): 8.0 is Ampere (A100), 7.x Volta/Turing."""
     if device_type == "cuda":
         if cuda_capability >= (8, 0):
             return "bfloat16", "this GPU (Ampere or later) has fast bfloat16"
@@ -363,17 +364,67 @@ def choose_dtype(device_type, cpu_fast_bf16=False, cuda_capability=None):
         return "float32", "this GPU has no tensor cores"
     if device_type == "mps":
         return "float32", "Apple GPUs: float32, the format every one of them runs at full speed"
-    if cpu_fast_bf16:
-        return "bfloat16", "this CPU has fast bfloat16 (AVX512-BF16 or AMX)"
-    return "float32", "this CPU has no fast bfloat16"
+    native, why = cpu
+    return ("bfloat16" if native else "float32"), why
 
 
-def cpu_has_fast_bf16():
-    """Whether oneDNN, torch's CPU matmul library, has bfloat16 instructions here (AVX512-BF16 or AMX)."""
+# Does this CPU multiply bfloat16 natively? Not what torch.ops.mkldnn._is_mkldnn_bf16_supported() says:
+# it answers True on every AVX-512 CPU, because oneDNN can *run* bfloat16 there by converting, which is
+# several times slower than float32. The CPU's own flags say it: avx512_bf16 or amx_bf16 (Linux lists
+# them in /proc/cpuinfo). Where no flags can be read (Windows, macOS), a 128-wide matmul timed in both
+# formats decides. ARM CPUs (Apple's among them) stay in float32. ONEDNN_MAX_CPU_ISA, which caps the
+# instructions oneDNN may use, is obeyed: with it at AVX2 or AVX512_CORE there is no bfloat16 either.
+X86 = ("x86_64", "amd64", "i686", "i386", "x86")
+
+
+def cpu_bf16(machine, flags, isa_cap="", probe=None):
+    """(native, why) for a CPU of this machine type, these flags (None: unknown) and this oneDNN cap."""
+    if machine.lower() not in X86:
+        return False, "bfloat16 is not known to be faster than float32 on this CPU"
+    if flags is None:
+        ratio = probe()                                   # bfloat16 time / float32 time
+        return ratio < 0.8, f"a test matmul ran {1 / ratio:.1f}x as fast in bfloat16 as in float32"
+    cap = isa_cap.upper()                                 # "" or ALL: no cap
+    no_bf16_cap = cap not in ("", "ALL", "DEFAULT") and not any(s in cap for s in ("BF16", "AMX", "AVX10"))
+    no_avx512_cap = cap.startswith(("SSE", "AVX2")) or cap == "AVX"
+    if ("avx512_bf16" in flags or "amx_bf16" in flags) and not no_bf16_cap:
+        return True, "this CPU has native bfloat16 (AVX512-BF16 or AMX)"
+    if "avx512f" in flags and not no_avx512_cap:
+        return False, "this CPU has no native bfloat16 (AVX-512 without it: emulated, ~4x slower than float32)"
+    return False, "this CPU has no native bfloat16 (AVX2: emulated, tens of times slower than float32)"
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The CPU's feature flags as Linux lists them (x86: "flags", ARM: "Features"), or None without the file."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN
-        return False
+        with open(path) as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+        return set()
+    except OSError:
+        return None
+
+
+def bf16_probe():
+    """Time a (256 x 128) @ (128 x 128) matmul in bfloat16 and in float32 (best of 3, ~25 ms when bfloat16
+    is emulated): the ratio of the two times."""
+    a, b = torch.randn(256, 128), torch.randn(128, 128)
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y                                              # warm-up: the first call sets up the kernel
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            x @ y
+            times.append(time.perf_counter() - t)
+        best[dtype] = min(times)
+    return best[torch.bfloat16] / best[torch.float32]
+
+
+def this_cpu_bf16():
+    return cpu_bf16(platform.machine(), cpu_flags(), os.environ.get("ONEDNN_MAX_CPU_ISA", ""), bf16_probe)
 
 
 def setup_precision(cfg, device):
@@ -382,12 +433,14 @@ def setup_precision(cfg, device):
     device_type = device.split(":")[0]
     if cfg.dtype == "auto":
         capability = torch.cuda.get_device_capability(device) if device_type == "cuda" else None
-        fast_cpu = device_type == "cpu" and cpu_has_fast_bf16()
-        dtype, why = choose_dtype(device_type, fast_cpu, capability)
+        cpu = this_cpu_bf16() if device_type == "cpu" else (False, "")
+        dtype, why = choose_dtype(device_type, cpu, capability)
     else:
         dtype, why = cfg.dtype, "set by --dtype"
-        if dtype == "bfloat16" and device_type == "cpu" and not cpu_has_fast_bf16():
-            why += " (this CPU has no fast bfloat16: expect it to be many times slower than float32)"
+        if dtype == "bfloat16" and device_type == "cpu":
+            native, cpu_why = this_cpu_bf16()
+            if not native:
+                why += f" ({cpu_why}: expect it to be slower than float32)"
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range, 10 mantissa bits, tensor cores
         torch.backends.cudnn.allow_tf32 = True
@@ -717,8 +770,8 @@ class KVCache:
 # once per generate call and hands forward_one the tensors: ~0.4 ms. generate adds inference_mode (no
 # autograd bookkeeping at all, where no_grad still keeps a version counter on every tensor), the
 # preallocated cache, and an output tensor written in place rather than one torch.cat per character.
-# (Section 5's sampling_settings takes another ~10% off: one thread, and GELU computed by torch's own
-# kernel rather than handed to the library oneDNN.)
+# (Section 5's sampling_settings takes a little more off: one thread for a small model, and GELU computed
+# by torch's own kernel rather than handed to the library oneDNN.)
 
 def step_weights(model):
     """The tensors forward_one reads, gathered once: per block (n_head, ln_1, c_attn, attn.c_proj, ln_2,
@@ -827,9 +880,9 @@ class Config:
                                   "1/warmup_iters of it (0: no warm-up)")
     weight_decay: float = knob(0.1, "weight decay, applied to weight matrices and embedding tables only")
     grad_clip: float = knob(1.0, "clip the gradient norm to this (0: off)")
-    dtype: str = knob("auto", "auto (section 3b: bfloat16 on GPUs from Ampere on and on CPUs with AVX512-BF16 "
-                              "or AMX, float16 on older GPUs with tensor cores, else float32), float32, bfloat16 "
-                              "or float16")
+    dtype: str = knob("auto", "auto (section 3b: bfloat16 on GPUs from Ampere on and on CPUs with native "
+                              "bfloat16, AVX512-BF16 or AMX; float16 on older GPUs with tensor cores; else "
+                              "float32), float32, bfloat16 or float16")
     compile: bool = knob(False, "compile the model with torch.compile (worth it on a GPU)")
     # resuming and sampling
     resume: bool = knob(False, "continue training from out_dir/ckpt.pt (its model shape and optimizer win over "
@@ -1344,20 +1397,24 @@ def check_prompt(prompt, stoi):
                          "use characters from the training text")
 
 
+SMALL_STEP = 250_000  # parameters: below this, sampling takes one thread
+
+
+# Copied from char_gpt.py
 @contextmanager
-def sampling_settings():
-    """Run the block with the CPU settings that suit one-character steps (section 4c), then restore them.
-    One intra-op thread (torch can split one operation over several threads; this allows one): a step's
-    operations are too small to share well (on an idle 2-core CPU a second thread gains ~4%), and when the
-    cores are busy, each hand-off waits for a thread that is not running: two processes sampling at once
-    made ~950 characters/s each with one thread and ~230 each with two.
-    oneDNN off: torch hands some CPU operations, GELU among them, to Intel's oneDNN library (torch calls it
-    mkldnn, its old name), whose set-up costs ~7 microseconds a call, where torch's own GELU of the MLP's
-    4 x 128 numbers takes ~1 (measured: 9% more characters/s at 4 layers of 128). The two GELUs round
-    differently in the last bit, so the same seed can, rarely, draw another character with and without
-    these settings; the command line and the server both use them. (On a GPU neither setting matters.)"""
+def sampling_settings(model):
+    """Run the block with the CPU settings that suit one-character steps, then restore them.
+    Threads: torch can split one operation over several threads. A small model's step is too small to
+    share: the hand-off costs more than the second core saves, so below SMALL_STEP parameters it gets one
+    thread; a larger model keeps them all (RESULTS.md, "Sampling", has the crossover on each CPU kind).
+    oneDNN off: torch hands some CPU operations (GELU, the fused LSTM and GRU) to Intel's oneDNN library
+    (torch calls it mkldnn, its old name), whose set-up costs more per call than a one-character step
+    through torch's own kernels. The two can round differently in the last bit, so the same seed can,
+    rarely, draw another character with and without these settings; the command line and the server both
+    use them. (On a GPU neither setting matters.)"""
     threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
+    if sum(p.numel() for p in model.parameters()) < SMALL_STEP:
+        torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = False
     try:
         yield
@@ -1378,7 +1435,7 @@ def print_samples(model, itos, cfg, device):
         print(f"--- sample {i + 1} ---" if cfg.num_samples > 1 else "--- sample ---")
         print(cfg.prompt, end="", flush=True)
         idx = torch.tensor([encode(cfg.prompt, stoi)], device=device)
-        with sampling_settings():
+        with sampling_settings(model):
             generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                      on_token=lambda t: print(itos[t.item()], end="", flush=True), generator=g)
         print()
@@ -1646,7 +1703,7 @@ def serve(cfg):
     for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the server (even where a shell ignored SIGINT)
         signal.signal(sig, signal.default_int_handler)
     try:
-        with sampling_settings():  # (section 5f: one torch thread, no oneDNN)
+        with sampling_settings(model):  # (section 5f: threads by model size, no oneDNN)
             server.serve_forever()
     except KeyboardInterrupt:
         print("stopped serving")

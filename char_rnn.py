@@ -1092,20 +1092,24 @@ def load_model(out_dir, device="cpu", impl=None, ckpt=None):
     return model.to(device).eval(), ckpt["itos"]
 
 
+SMALL_STEP = 250_000  # parameters: below this, sampling takes one thread
+
+
+# Copied from char_gpt.py
 @contextmanager
-def sampling_settings():
+def sampling_settings(model):
     """Run the block with the CPU settings that suit one-character steps, then restore them.
-    One intra-op thread (torch can split one operation over several threads; this allows one): a step's
-    operations are too small to share well, and when the cores are busy, each hand-off waits for a thread
-    that is not running.
-    oneDNN off: torch hands some CPU operations, the fused LSTM and GRU among them, to Intel's oneDNN
-    library (torch calls it mkldnn, its old name), whose set-up costs more per call than a step of one
-    character through torch's own kernels: measured, 2,670 characters/s against 1,400 for the default
-    LSTM on one thread, the same text. The two can round differently in the last bit, so the same seed
-    could, rarely, draw another character with and without these settings; the command line and the
-    server both use them. (On a GPU neither setting matters.)"""
+    Threads: torch can split one operation over several threads. A small model's step is too small to
+    share: the hand-off costs more than the second core saves, so below SMALL_STEP parameters it gets one
+    thread; a larger model keeps them all (RESULTS.md, "Sampling", has the crossover on each CPU kind).
+    oneDNN off: torch hands some CPU operations (GELU, the fused LSTM and GRU) to Intel's oneDNN library
+    (torch calls it mkldnn, its old name), whose set-up costs more per call than a one-character step
+    through torch's own kernels. The two can round differently in the last bit, so the same seed can,
+    rarely, draw another character with and without these settings; the command line and the server both
+    use them. (On a GPU neither setting matters.)"""
     threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
+    if sum(p.numel() for p in model.parameters()) < SMALL_STEP:
+        torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = False
     try:
         yield
@@ -1126,7 +1130,7 @@ def print_samples(model, itos, cfg, device):
         print(f"--- sample {i + 1} ---" if cfg.num_samples > 1 else "--- sample ---")
         print(cfg.prompt, end="", flush=True)
         idx = torch.tensor([encode(cfg.prompt, stoi)], device=device)
-        with sampling_settings():
+        with sampling_settings(model):
             generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                      on_token=lambda t: print(itos[t.item()], end="", flush=True), generator=g)
         print()
@@ -1395,7 +1399,7 @@ def serve(cfg):
     for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the server (even where a shell ignored SIGINT)
         signal.signal(sig, signal.default_int_handler)
     try:
-        with sampling_settings():  # (section 7f: one torch thread, no oneDNN)
+        with sampling_settings(model):  # (section 7f: threads by model size, no oneDNN)
             server.serve_forever()
     except KeyboardInterrupt:
         print("stopped serving")

@@ -4,8 +4,8 @@ every new character). Run by hand on a quiet machine (check `uptime` first); not
   python benchmarks/bench_sampling.py --nanogpt DIR          # DIR: a nanoGPT checkout (its model.py is imported)
   python benchmarks/bench_sampling.py --nanogpt DIR --ours OTHER_CHECKOUT   # time another char_gpt.py, e.g. an
                                                              # older commit's, against the same nanoGPT
-  python benchmarks/bench_sampling.py --settings_unchanged   # ours only, without sampling_settings() (one
-                                                             # thread, oneDNN off) around the steps
+  python benchmarks/bench_sampling.py --settings_unchanged   # ours only, without sampling_settings() (threads
+                                                             # by model size, oneDNN off) around the steps
 
 Both models get the same shape and random weights of the same scale (seed 0), vocabulary 65, block_size 256,
 no dropout; nanoGPT with bias=False, as ours. Each run continues a 256-character random prompt (one full
@@ -17,6 +17,7 @@ speed is compared. Shapes: nanoGPT's shakespeare_char CPU recipe width (4 layers
 
 import argparse
 import importlib.util
+import inspect
 import platform
 import re
 import statistics
@@ -67,8 +68,10 @@ def main(args):
           f"nanoGPT: {Path(args.nanogpt).resolve() / 'model.py' if nano else '(not timed)'}")
     print(f"{args.new:,} new characters after a {BLOCK}-character prompt, temperature 1, median of {args.rounds} "
           "alternating rounds\n")
-    # (an older char_gpt.py, before sampling_settings, set only its thread count)
+    # (an older char_gpt.py: sampling_settings() took no model; before it, only the thread count was set)
     settings = getattr(cg, "sampling_settings", None) or (lambda: cg.intra_op_threads(1))
+    if not inspect.signature(settings).parameters:
+        settings = (lambda f: lambda model: f())(settings)
     print("| model | ours chars/s | nanoGPT chars/s | ours / nanoGPT |\n|---|---|---|---|")
     for name, shape in SHAPES:
         torch.manual_seed(0)
@@ -80,7 +83,7 @@ def main(args):
         prompt = torch.randint(VOCAB, (1, BLOCK), generator=torch.Generator().manual_seed(1))
 
         def ours_run(n, m=ours, p=prompt):
-            with nullcontext() if args.settings_unchanged else settings():  # as the command line samples
+            with nullcontext() if args.settings_unchanged else settings(m):  # as the command line samples
                 return cg.generate(m, p, n, temperature=1.0, generator=torch.Generator().manual_seed(0))
         runs = {"ours": ours_run}
         if nano:

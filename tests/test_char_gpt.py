@@ -177,20 +177,81 @@ def test_parameter_count_and_weight_tying():
 
 # ---------------------------------------------------------------- precision
 
-@pytest.mark.parametrize("device_type, fast_cpu, capability, dtype", [
-    ("cpu", False, None, "float32"),        # AVX2 only: bf16 matmuls would be emulated, ~50x slower
-    ("cpu", True, None, "bfloat16"),        # AVX512-BF16 or AMX
-    ("cuda", False, (6, 1), "float32"),     # Pascal: no tensor cores
-    ("cuda", False, (7, 0), "float16"),     # V100
-    ("cuda", False, (7, 5), "float16"),     # T4, the free Colab GPU: bf16 only by emulation
-    ("cuda", False, (8, 0), "bfloat16"),    # A100
-    ("cuda", False, (8, 6), "bfloat16"),    # RTX 30xx
-    ("cuda", False, (9, 0), "bfloat16"),    # H100
-    ("mps", False, None, "float32"),
+# The decision is tested per kind of hardware by faking what it reads (machine type, CPU flags, oneDNN's
+# instruction cap, a timing probe, a GPU's compute capability), never by whatever CPU the test lands on.
+AVX2 = {"sse4_2", "avx", "avx2", "fma"}
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}       # Skylake-SP .. Ice Lake
+
+
+def no_probe():
+    raise AssertionError("the timing probe runs only where no CPU flags can be read")
+
+
+@pytest.mark.parametrize("machine, flags, cap, native, words", [
+    ("x86_64", AVX2, "", False, "AVX2"),                                    # kind 1
+    ("x86_64", AVX512, "", False, "AVX-512 without it"),                    # kind 2: oneDNN says "supported"
+    ("x86_64", AVX512 | {"avx512_bf16"}, "", True, "native"),              # kind 3: Cooper Lake, Zen 4
+    ("x86_64", AVX512 | {"avx512_bf16", "amx_bf16", "amx_tile"}, "", True, "AMX"),  # Sapphire Rapids
+    ("x86_64", AVX512 | {"avx512_bf16", "amx_bf16"}, "AVX512_CORE", False, "AVX-512 without it"),  # capped
+    ("x86_64", AVX512 | {"avx512_bf16", "amx_bf16"}, "AVX2", False, "AVX2"),
+    ("x86_64", AVX512 | {"avx512_bf16", "amx_bf16"}, "AVX512_CORE_AMX", True, "native"),
+    ("aarch64", {"fp", "asimd", "bf16", "sve"}, "", False, "not known"),    # Graviton 3: ARM stays float32
+    ("arm64", None, "", False, "not known"),                                # Apple silicon (macOS: no flags)
 ])
-def test_precision_policy_for_each_kind_of_hardware(device_type, fast_cpu, capability, dtype):
-    chosen, why = cg.choose_dtype(device_type, fast_cpu, capability)
-    assert chosen == dtype and why
+def test_cpu_bf16_by_kind_of_cpu(machine, flags, cap, native, words):
+    got, why = cg.cpu_bf16(machine, flags, cap, probe=no_probe)
+    assert got is native and words in why
+
+
+@pytest.mark.parametrize("ratio, native", [(0.33, True), (1.0, False), (4.0, False), (40.0, False)])
+def test_without_flags_an_x86_cpu_is_timed(ratio, native):
+    """Windows or an Intel Mac: no /proc/cpuinfo, so a matmul timed in both formats decides."""
+    got, why = cg.cpu_bf16("AMD64", None, "", probe=lambda: ratio)
+    assert got is native and "test matmul" in why
+
+
+def test_cpu_flags_reads_x86_and_arm_cpuinfo(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+                   "processor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\nCPU implementer\t: 0x41\n")
+    assert cg.cpu_flags(x86) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert cg.cpu_flags(arm) == {"fp", "asimd", "bf16"}
+    assert cg.cpu_flags(tmp_path / "missing") is None
+
+
+def test_the_avx512_trap_trains_in_float32_whatever_onednn_says(monkeypatch):
+    """Kind 2 end to end: oneDNN reports bfloat16 as supported, the flags say it is not native."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(cg.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(cg, "cpu_flags", lambda: set(AVX512))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    dtype, why, autocast, scaler = cg.setup_precision(cg.Config(dtype="auto"), "cpu")
+    assert dtype == "float32" and "emulated" in why and isinstance(autocast, nullcontext)
+    dtype, why, _, _ = cg.setup_precision(cg.Config(dtype="bfloat16"), "cpu")   # --dtype wins, with a warning
+    assert dtype == "bfloat16" and "set by --dtype" in why and "slower" in why
+    monkeypatch.setattr(cg, "cpu_flags", lambda: set(AVX512) | {"amx_bf16"})
+    assert cg.setup_precision(cg.Config(dtype="auto"), "cpu")[0] == "bfloat16"
+
+
+def test_the_probe_times_both_formats():
+    ratio = cg.bf16_probe()
+    assert math.isfinite(ratio) and ratio > 0
+
+
+@pytest.mark.parametrize("device_type, capability, dtype", [
+    ("cuda", (6, 1), "float32"),     # Pascal: no tensor cores
+    ("cuda", (7, 0), "float16"),     # V100
+    ("cuda", (7, 5), "float16"),     # T4, the free Colab GPU: bf16 only by emulation
+    ("cuda", (8, 0), "bfloat16"),    # A100
+    ("cuda", (8, 6), "bfloat16"),    # RTX 30xx
+    ("cuda", (9, 0), "bfloat16"),    # H100, H200
+    ("mps", None, "float32"),
+])
+def test_precision_policy_for_each_gpu(device_type, capability, dtype):
+    chosen, why = cg.choose_dtype(device_type, (True, "a CPU verdict the GPUs must ignore"), capability)
+    assert chosen == dtype and why and "CPU verdict" not in why
 
 
 @pytest.mark.filterwarnings("ignore:.*CUDA is not available")  # autocast and the scaler say so: no GPU here
@@ -224,7 +285,7 @@ def matmul_dtypes_of_one_training_run(monkeypatch, tmp_path, fast_bf16):
                 self.seen.append((name, dtypes))
             return func(*args, **(kwargs or {}))
 
-    monkeypatch.setattr(cg, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(cg, "this_cpu_bf16", lambda: (fast_bf16, "faked"))
     path = tmp_path / "t.txt"
     path.write_text(SMALL_TEXT)
     cfg = tiny_config(input=str(path), out_dir=str(tmp_path / "o"), max_iters=1, eval_iters=1, device="cpu")
@@ -303,14 +364,14 @@ def test_preallocated_cache_extend_returns_the_concatenation():
     assert torch.equal(got_k, k) and torch.equal(got_v, v) and cache.keys is storage
 
 
-@pytest.mark.parametrize("settings", [nullcontext, cg.sampling_settings])
+@pytest.mark.parametrize("settings", [lambda m: nullcontext(), cg.sampling_settings])
 def test_forward_one_equals_the_model_bit_for_bit(settings):
     model = tiny_model()
     idx = torch.randint(20, (2, 24))
     by_model = [cg.KVCache(model.block_size) for _ in model.blocks]
     by_hand = [cg.KVCache(model.block_size) for _ in model.blocks]
     weights = cg.step_weights(model)
-    with torch.inference_mode(), settings():
+    with torch.inference_mode(), settings(model):
         model(idx[:, :10], caches=by_model)
         model(idx[:, :10], caches=by_hand)
         for t in range(10, 24):                              # one character at a time, to the full window
@@ -357,10 +418,6 @@ def test_generate_leaves_the_thread_count_alone_and_returns_ordinary_ids():
     out = cg.generate(model, torch.zeros(1, 1, dtype=torch.long), 20, on_token=seen.append,
                       generator=torch.Generator().manual_seed(0))
     assert torch.get_num_threads() == threads  # it is one setting for the whole process: not generate's
-    onednn = torch.backends.mkldnn.enabled
-    with cg.sampling_settings():
-        assert torch.get_num_threads() == 1 and not torch.backends.mkldnn.enabled
-    assert torch.get_num_threads() == threads and torch.backends.mkldnn.enabled == onednn
     assert torch.equal(torch.cat(seen, dim=1), out[:, 1:])
     _, loss = model.train()(out[:, :-1], out[:, 1:])         # the ids can be trained on (no inference tensor)
     loss.backward()

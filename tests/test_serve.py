@@ -297,12 +297,21 @@ def test_turns_let_n_step_at_once_and_no_more(script):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_sampling_settings_are_one_thread_and_no_onednn_and_are_restored(script):
+def test_sampling_settings_choose_threads_by_model_size_turn_onednn_off_and_are_restored(script):
     module = script_module(script)
-    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    with module.sampling_settings():
-        assert torch.get_num_threads() == 1 and not torch.backends.mkldnn.enabled
-    assert torch.get_num_threads() == threads and torch.backends.mkldnn.enabled == onednn
+    small, large = torch.nn.Linear(10, 10), torch.nn.Linear(1000, 1000)    # 110 and 1,001,000 parameters
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        onednn = torch.backends.mkldnn.enabled
+        with module.sampling_settings(small):
+            assert torch.get_num_threads() == 1 and not torch.backends.mkldnn.enabled
+        assert torch.get_num_threads() == 2 and torch.backends.mkldnn.enabled == onednn
+        with module.sampling_settings(large):
+            assert torch.get_num_threads() == 2 and not torch.backends.mkldnn.enabled
+        assert torch.get_num_threads() == 2 and torch.backends.mkldnn.enabled == onednn
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- starting it
