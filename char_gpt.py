@@ -1056,13 +1056,19 @@ def load_checkpoint(path):
                          "or point --out_dir at a run")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+    except Exception as e:
+        if "Weights only load failed" in str(e):  # weights_only refused an object: unpickling it could run code
+            raise UsageError(f"{path} holds Python objects, not only tensors and plain values, and loading "
+                             "them could run code: refused; load only checkpoints these scripts wrote") from None
         raise UsageError(f"{path} is not a readable checkpoint (truncated or damaged?): "
                          "delete it and train again") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         writer = ckpt.get("kind") if isinstance(ckpt, dict) else None
         writer = f"{writer}.py" if writer else "another program"
         raise UsageError(f"{path} was written by {writer}, not {KIND}.py: point --out_dir at a {KIND} run")
+    missing = [key for key in ("config", "itos", "model", "iter") if key not in ckpt]
+    if missing:
+        raise UsageError(f"{path} lacks {', '.join(missing)}: not a whole checkpoint; train again")
     return ckpt
 
 
@@ -1386,7 +1392,11 @@ def load_model(out_dir, device="cpu", ckpt=None):
     ckpt = ckpt or load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
     cfg = Config(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(Config)}})
     model = GPT(cfg, len(ckpt["itos"]))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # missing or unexpected weights, or a shape that is not the config's
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UsageError(f"{out_dir}/ckpt.pt does not fit its own config ({first.rstrip('.')}): train again") from None
     return model.to(device).eval(), ckpt["itos"]
 
 
@@ -1400,7 +1410,6 @@ def check_prompt(prompt, stoi):
 SMALL_STEP = 250_000  # parameters: below this, sampling takes one thread
 
 
-# Copied from char_gpt.py
 @contextmanager
 def sampling_settings(model):
     """Run the block with the CPU settings that suit one-character steps, then restore them.

@@ -6,11 +6,15 @@
                                   # follow); with --nanogpt, first the recipe for nanogpt_iters iterations
   python benchmarks/bench_char_gpt.py sampling                # KV cache vs recomputing the window
   python benchmarks/bench_char_gpt.py default                 # `python char_gpt.py` as a user runs it
+  python benchmarks/bench_char_gpt.py matmul                  # float32 vs bfloat16 here, and what char_gpt chooses
 
---data defaults to tiny shakespeare at ../shared/data/tinyshakespeare.txt (the peers' benchmark text),
-else input.txt. --nanogpt DIR runs a nanoGPT checkout's train.py in alternation with ours; its data must
-already be in DIR/data/shakespeare_char (train.bin, val.bin, meta.pkl). Both programs' val losses are
-re-evaluated the same way: 200 random batches of 12 windows of their own context length (seed 1337).
+--data is the text to train on (default: input.txt). With --nanogpt DIR, a nanoGPT checkout's train.py runs in
+alternation with ours, on the text in DIR/data/shakespeare_char (train.bin, val.bin, meta.pkl: the first 90%
+and last 10% of tiny shakespeare, the char-rnn benchmark text, as uint16 ids); --data must then be that same
+text. Both programs' val losses are re-evaluated the same way: 200 random batches of 12 windows of their own
+context length (seed 1337). To stand in for a CPU kind this machine is not, run under
+ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 (AVX2 only), and check with
+`matmul` that it took.
 """
 
 import argparse
@@ -28,7 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 import char_gpt as cg  # noqa: E402
 
-TINY_SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 RECIPE = dict(batch_size=12, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
 
 
@@ -153,6 +156,26 @@ def sampling(args):
         print(f"| {name} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[0] / rates[1]:.1f}x |", flush=True)
 
 
+def matmul(args):
+    """GFLOP/s of a (768 x 128) @ (128 x 512) product, the MLP's shape at the recipe, in both formats."""
+    a, b = torch.randn(768, 128), torch.randn(128, 512)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ATen kernels: "
+          f"{torch.backends.cpu.get_cpu_capability()}")
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), b.to(dtype)
+        for _ in range(3):
+            x @ y
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            for _ in range(5):
+                x @ y
+            times.append((time.perf_counter() - t) / 5)
+        print(f"{str(dtype):15s} {2 * 768 * 128 * 512 / statistics.median(times) / 1e9:7.1f} GFLOP/s")
+    native, why = cg.this_cpu_bf16()
+    print(f"char_gpt.py chooses {'bfloat16' if native else 'float32'}: {why}")
+
+
 def real_word_share(sample, text):
     """The share of the sample's words (runs of letters) that occur as words in the training text."""
     known = set(re.findall(r"[a-z]+", text.lower()))
@@ -173,11 +196,14 @@ def default(args):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["speed", "quality", "sampling", "default"])
-    p.add_argument("--data", default=str(TINY_SHAKESPEARE if TINY_SHAKESPEARE.exists() else REPO / "input.txt"))
+    p.add_argument("what", choices=["speed", "quality", "sampling", "default", "matmul"])
+    p.add_argument("--data", help="the text to train on (default: input.txt); with --nanogpt, tiny shakespeare")
     p.add_argument("--nanogpt", help="a nanoGPT checkout to time beside ours (speed)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=180)
     p.add_argument("--nanogpt_iters", type=int, default=4800, help="quality: nanoGPT's iterations (fill --seconds)")
     args, args.extra = p.parse_known_args()  # any other flags go to char_gpt.py (quality), e.g. --n_layer=6
-    {"speed": speed, "quality": quality, "sampling": sampling, "default": default}[args.what](args)
+    if args.nanogpt and not args.data:
+        p.error("--nanogpt needs --data=PATH: the tiny shakespeare text its data/shakespeare_char was made from")
+    args.data = args.data or str(REPO / "input.txt")
+    {"speed": speed, "quality": quality, "sampling": sampling, "default": default, "matmul": matmul}[args.what](args)

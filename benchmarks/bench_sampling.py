@@ -4,6 +4,7 @@ every new character). Run by hand on a quiet machine (check `uptime` first); not
   python benchmarks/bench_sampling.py --nanogpt DIR          # DIR: a nanoGPT checkout (its model.py is imported)
   python benchmarks/bench_sampling.py --nanogpt DIR --ours OTHER_CHECKOUT   # time another char_gpt.py, e.g. an
                                                              # older commit's, against the same nanoGPT
+  python benchmarks/bench_sampling.py --threads              # ours only: 1 vs 2 intra-op threads by model size
   python benchmarks/bench_sampling.py --settings_unchanged   # ours only, without sampling_settings() (threads
                                                              # by model size, oneDNN off) around the steps
 
@@ -18,10 +19,10 @@ speed is compared. Shapes: nanoGPT's shakespeare_char CPU recipe width (4 layers
 import argparse
 import importlib.util
 import inspect
+import os
 import platform
 import re
 import statistics
-import subprocess
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -42,16 +43,16 @@ def import_file(name, path):
 
 
 def cpu_kind():
+    """The CPU's name and which of the three kinds it is (or stands in for, under ONEDNN_MAX_CPU_ISA)."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = sorted(set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", info)))
     model = re.search(r"model name\s*:\s*(.*)", info)
     name = model.group(1).strip() if model else platform.processor()
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = re.search(r"Model name:\s*(.*)", lscpu).group(1).strip()
-    except (OSError, AttributeError):
-        pass
-    return f"{name}; {' '.join(flags) if flags else 'AVX2 (no avx512_bf16, no amx_bf16)'}"
+    flags = set(re.findall(r"\b(avx512f|avx512_bf16|amx_bf16)\b", info))
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    kind = ("AVX512-BF16/AMX" if flags & {"avx512_bf16", "amx_bf16"} else
+            "AVX-512 without bfloat16" if "avx512f" in flags else "AVX2 only")
+    return f"{name}; {kind}" + (f"; ONEDNN_MAX_CPU_ISA={cap}, ATEN_CPU_CAPABILITY="
+                                f"{os.environ.get('ATEN_CPU_CAPABILITY', '')}" if cap else "")
 
 
 def rate(fn, n):
@@ -102,6 +103,40 @@ def main(args):
             print("   rounds:", {k: [round(r, 1) for r in v] for k, v in rates.items()})
 
 
+def threads(args):
+    """Characters/s of generate under sampling_settings with 1 and with 2 intra-op threads, for models from
+    0.1 M to 25 M parameters (char_gpt.py) and two LSTMs (char_rnn.py): where a second thread starts to pay."""
+    cg = import_file("char_gpt", Path(args.ours) / "char_gpt.py")
+    cr = import_file("char_rnn", Path(args.ours) / "char_rnn.py")
+    print(f"CPU: {cpu_kind()}; torch {torch.__version__}; {args.new:,} characters after a full window, "
+          f"median of {args.rounds}\n")
+    print("| model | parameters | 1 thread | 2 threads |\n|---|---|---|---|")
+    models = []
+    for n_layer, n_head, n_embd in [(2, 2, 64), (3, 4, 96), (4, 4, 128), (6, 8, 256), (6, 6, 384), (8, 8, 512)]:
+        torch.manual_seed(0)
+        m = cg.GPT(cg.Config(block_size=BLOCK, dropout=0.0, n_layer=n_layer, n_head=n_head, n_embd=n_embd), VOCAB)
+        models.append((f"char_gpt {n_layer} layers, {n_embd} wide", cg, m.eval(), BLOCK))
+    for n_layer, n_embd in [(1, 256), (3, 512)]:
+        torch.manual_seed(0)
+        m = cr.CharRNN(cr.Config(model="lstm", impl="fused", n_layer=n_layer, n_embd=n_embd, dropout=0.0,
+                                 block_size=64), VOCAB)
+        models.append((f"char_rnn LSTM, {n_layer} x {n_embd}", cr, m.eval(), 64))
+    for name, module, model, window in models:
+        prompt = torch.randint(VOCAB, (1, window), generator=torch.Generator().manual_seed(1))
+        rates = {1: [], 2: []}
+        for _ in range(args.rounds):
+            for n in (1, 2):
+                with module.sampling_settings(model):
+                    torch.set_num_threads(n)
+                    module.generate(model, prompt, 10, generator=torch.Generator().manual_seed(0))  # warm-up
+                    t = time.perf_counter()
+                    module.generate(model, prompt, args.new, generator=torch.Generator().manual_seed(0))
+                    rates[n].append(args.new / (time.perf_counter() - t))
+        params = sum(p.numel() for p in model.parameters())
+        print(f"| {name} | {params / 1e6:.2f} M | {statistics.median(rates[1]):,.0f} | "
+              f"{statistics.median(rates[2]):,.0f} |", flush=True)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nanogpt", help="a nanoGPT checkout: DIR/model.py has GPT and GPTConfig (without: ours only)")
@@ -111,4 +146,6 @@ if __name__ == "__main__":
     p.add_argument("--settings_unchanged", action="store_true",
                    help="run ours with torch's settings as they are (no sampling_settings() around the steps)")
     p.add_argument("--verbose", action="store_true", help="print every round")
-    main(p.parse_args())
+    p.add_argument("--threads", action="store_true", help="ours only: 1 vs 2 threads over model sizes")
+    args = p.parse_args()
+    threads(args) if args.threads else main(args)

@@ -117,18 +117,79 @@ def test_one_new_query_after_a_cache_sees_every_key_as_the_fast_path_assumes():
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-6, atol=1e-6)
 
 
-def test_bfloat16_autocast_on_cpu_stays_close_to_float32():
-    """The CPU bf16 path (matmuls in bf16, attention in float32) computes the same function, to bf16's precision."""
+def test_float32_attention_equals_float32_attention_of_the_same_numbers():
+    """The CPU bf16 path: attention computed in float32 on bf16 inputs, causal, and handed back in bf16."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 8, generator=g).to(torch.bfloat16) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = cg.float32_attention(q, k, v, dropout_p=0.0)
+    ref, _ = cg.attention(q.double(), k.double(), v.double())               # the causal formula, float64
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.double(), ref, rtol=2 ** -8, atol=1e-6)  # bf16's rounding of the output
+    full = F.scaled_dot_product_attention(q.double(), k.double(), v.double())  # no mask: far from ours
+    assert (ours.double() - full).abs().max() > 0.1
+
+
+def test_under_bfloat16_autocast_a_future_character_never_changes_an_earlier_logit():
+    model = tiny_model()
+    idx = torch.randint(20, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(idx)
+        for t in (3, 12, 23):
+            changed = idx.clone()
+            changed[0, t] = (changed[0, t] + 1) % 20
+            assert torch.equal(model(changed)[0][0, :t], logits[0, :t])
+            assert not torch.equal(model(changed)[0][0, t], logits[0, t])
+
+
+def test_bfloat16_autocast_on_cpu_gives_the_float32_loss_to_bf16_precision():
     model = tiny_model()
     idx, targets = torch.randint(20, (2, 24)), torch.randint(20, (2, 24))
     ref, ref_loss = model(idx, targets)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low, low_loss = model(idx, targets)
     assert low.dtype == torch.bfloat16
-    torch.testing.assert_close(low.float(), ref, rtol=0, atol=0.05)
+    torch.testing.assert_close(low.float(), ref, rtol=0.02, atol=0.02 * ref.std().item())
     torch.testing.assert_close(low_loss, ref_loss, rtol=0.01, atol=0)
     low_loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def gpt2_forward(model, idx):
+    """GPT-2's forward pass written from its description, with the model's weights and nothing of its
+    code: embeddings; per block x += proj(attn(LN(x))), x += W2 gelu(W1 LN(x)) with exact GELU
+    x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2; heads split from one q|k|v projection; a causal
+    softmax(q k^T / sqrt(d)); a final LN and logits against the token table (tied head). float64."""
+    def ln(x, g):
+        mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        return g * (x - mu) / torch.sqrt(var + 1e-5)
+    W = {name: p.detach().double() for name, p in model.named_parameters()}
+    T, C = idx.shape[1], W["wte.weight"].shape[1]
+    x = W["wte.weight"][idx] + W["wpe.weight"][:T]
+    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    for i, block in enumerate(model.blocks):
+        P, H = f"blocks.{i}.", block.attn.n_head
+        d = C // H
+        qkv = ln(x, W[P + "ln_1.weight"]) @ W[P + "attn.c_attn.weight"].T
+        heads = [qkv[..., j * C + h * d: j * C + (h + 1) * d] for j in range(3) for h in range(H)]
+        outs = []
+        for h in range(H):
+            q, k, v = heads[h], heads[H + h], heads[2 * H + h]
+            att = (q @ k.transpose(-1, -2) / math.sqrt(d)).masked_fill(~mask, float("-inf")).softmax(-1)
+            outs.append(att @ v)
+        x = x + torch.cat(outs, -1) @ W[P + "attn.c_proj.weight"].T
+        hidden = ln(x, W[P + "ln_2.weight"]) @ W[P + "mlp.c_fc.weight"].T
+        x = x + (hidden * 0.5 * (1 + torch.erf(hidden / math.sqrt(2)))) @ W[P + "mlp.c_proj.weight"].T
+    return ln(x, W["ln_f.weight"]) @ W["wte.weight"].T
+
+
+def test_the_model_computes_gpt2s_forward_pass():
+    model = tiny_model(n_layer=2, n_head=4, n_embd=32)
+    for p in model.parameters():                            # weights away from init, so each piece matters
+        p.data.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    idx = torch.randint(20, (3, 24), generator=torch.Generator().manual_seed(1))
+    logits, _ = model.double()(idx)
+    torch.testing.assert_close(logits, gpt2_forward(model, idx), rtol=1e-10, atol=1e-10)
 
 
 def test_changing_a_future_character_never_changes_an_earlier_logit():
@@ -510,61 +571,55 @@ def test_newton_schulz_applies_its_polynomial_to_every_singular_value(shape):
     assert singular_values.min() > 0.6 and singular_values.max() < 1.25  # section 4c: about 0.68 to 1.2
 
 
-def muon_pair(shapes, ns_dtype, dtype=torch.float32):
-    """The same parameters under our Muon and torch.optim.Muon (same hyperparameters: momentum 0.95,
-    Nesterov, AdamW-matched step size, weight decay 0.1)."""
+def muon_reference(params, grads, lr, weight_decay, mu=0.95):
+    """Muon as its description reads, in plain torch (float64): for each step and matrix W with gradient G,
+    M = mu M + (1 - mu) G;  D = (1 - mu) G + mu M (Nesterov);  O = newton_schulz_by_svd(D);
+    W = W (1 - lr wd) - lr 0.2 sqrt(max(rows, cols)) O.  Returns the weights after the last step."""
+    W = [p.detach().double().clone() for p in params]
+    M = [torch.zeros_like(w) for w in W]
+    for step_grads in grads:
+        for w, m, g in zip(W, M, step_grads, strict=True):
+            m.copy_(mu * m + (1 - mu) * g.double())
+            D = (1 - mu) * g.double() + mu * m
+            w.copy_(w * (1 - lr * weight_decay) - lr * 0.2 * max(w.shape) ** 0.5 * newton_schulz_by_svd(D))
+    return W
+
+
+def muon_runs(ns_dtype, steps=6):
+    """(ours, reference, start): the same matrices and gradients through our Muon and the reference."""
     g = torch.Generator().manual_seed(0)
-    ours = [torch.nn.Parameter(0.1 * torch.randn(*s, generator=g, dtype=dtype)) for s in shapes]
-    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    return (ours, cg.Muon(ours, lr=0.02, weight_decay=0.1, ns_dtype=ns_dtype),
-            ref, torch.optim.Muon(ref, lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True,
-                                  adjust_lr_fn="match_rms_adamw"))
-
-
-def run_steps(pairs, steps=5):
-    ours, opt, ref, ref_opt = pairs
-    start = [p.detach().clone() for p in ours]
-    g = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        for a, b in zip(ours, ref, strict=True):
-            a.grad = torch.randn(a.shape, generator=g, dtype=a.dtype)
-            b.grad = a.grad.clone()
+    shapes = [(48, 16), (16, 40)]                            # tall and wide: Newton-Schulz works on the wide side
+    params = [torch.nn.Parameter(0.1 * torch.randn(*s, generator=g, dtype=torch.float64)) for s in shapes]
+    start = [p.detach().clone() for p in params]
+    grads = [[torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(steps)]
+    ref = muon_reference(params, grads, lr=0.02, weight_decay=0.1)
+    opt = cg.Muon(params, lr=0.02, weight_decay=0.1, ns_dtype=ns_dtype)
+    for step_grads in grads:
+        for p, grad in zip(params, step_grads, strict=True):
+            p.grad = grad.clone()
         opt.step()
-        ref_opt.step()
-    moved = [a.detach() - s for a, s in zip(ours, start, strict=True)]
-    return moved, [b.detach() - s for b, s in zip(ref, start, strict=True)]
+    return [p.detach() for p in params], ref, start
 
 
-SHAPES = [(48, 16), (16, 40)]  # tall and wide: Newton-Schulz works on the wide side
-needs_torch_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon is in torch >= 2.9")
-
-
-@needs_torch_muon
-def test_our_muon_equals_torch_muon_over_several_steps(monkeypatch):
-    """Momentum, Nesterov, weight decay and step size, exactly: both optimizers run in float64, torch's
-    Newton-Schulz replaced by the SVD reference (torch's own runs in bfloat16, tested below)."""
-    monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz",
-                        lambda grad, coefficients, steps, eps: newton_schulz_by_svd(grad, steps))
-    ours, ref = run_steps(muon_pair(SHAPES, torch.float64, dtype=torch.float64))
-    for a, b in zip(ours, ref, strict=True):
-        assert b.abs().max() > 0.01                          # five steps moved the weights
+def test_our_muon_equals_the_reference_over_several_steps():
+    """Momentum, Nesterov, weight decay and step size, exactly (float64 throughout), on every torch."""
+    ours, ref, start = muon_runs(torch.float64)
+    for a, b, s in zip(ours, ref, start, strict=True):
+        assert (b - s).abs().max() > 0.01                    # six steps moved the weights
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_our_muon_in_bfloat16_follows_the_reference_to_bf16_rounding():
+    """Newton-Schulz in bfloat16 (7 stored mantissa bits, a rounding of 0.4% per number, which five
+    rounds amplify to ~1.5% of the update)."""
+    ours, ref, start = muon_runs(torch.bfloat16)
+    for a, b, s in zip(ours, ref, start, strict=True):
+        assert relative(a - s, b - s) < 0.04
+        assert relative(-(a - s), b - s) > 1                  # the bound is tight enough to catch a wrong sign
 
 
 def relative(a, b):
     return ((a - b).norm() / b.norm()).item()
-
-
-@needs_torch_muon
-def test_our_muon_in_bfloat16_agrees_with_torch_muon_to_bf16_rounding():
-    """Both with Newton-Schulz in bfloat16 (7 stored mantissa bits, a rounding of 0.4% per number, which
-    five rounds amplify to ~1.5% of the update); and ours in float32 is as close to either."""
-    ours16, ref16 = run_steps(muon_pair(SHAPES, torch.bfloat16))
-    ours32, _ = run_steps(muon_pair(SHAPES, torch.float32))
-    for a16, b16, a32 in zip(ours16, ref16, ours32, strict=True):
-        assert relative(a16, b16) < 0.04
-        assert relative(a32, b16) < 0.03 and relative(a16, a32) < 0.03
-        assert relative(-a32, b16) > 1                       # the bound is tight enough to catch a wrong sign
 
 
 def test_learning_rate_warms_up_then_decays_to_min_lr():
@@ -586,15 +641,54 @@ def test_train_function_returns_history(tmp_path):
     assert result["metrics"]["iters"] == 10
 
 
-# ---------------------------------------------------------------- several processes
-
-def test_torchrun_two_processes_on_cpu(tmp_path):
+def test_a_float16_run_on_cpu_goes_through_the_grad_scaler(monkeypatch, tmp_path):
+    """--dtype=float16 (the policy's choice on pre-Ampere GPUs) on a CPU: the loss is scaled up before
+    backward and the gradients unscaled before clipping and the update, and training still learns."""
+    scalers = []
+    setup = cg.setup_precision
+    monkeypatch.setattr(cg, "setup_precision", lambda cfg, device: scalers.append(setup(cfg, device)) or scalers[-1])
+    unscaled = []
+    unscale = torch.amp.GradScaler.unscale_
+    monkeypatch.setattr(torch.amp.GradScaler, "unscale_", lambda self, opt: unscaled.append(1) or unscale(self, opt))
     path = tmp_path / "t.txt"
     path.write_text(SMALL_TEXT)
+    cfg = tiny_config(input=str(path), out_dir=str(tmp_path / "o"), max_iters=30, eval_interval=30, eval_iters=4,
+                      dtype="float16", device="cpu", learning_rate=1e-2, warmup_iters=0)
+    result = cg.train(cfg, quiet=True)
+    dtype, _, autocast, scaler = scalers[0]
+    assert dtype == "float16" and autocast.fast_dtype == torch.float16
+    assert scaler.is_enabled() and scaler.get_scale() > 1        # the loss was multiplied up
+    assert len(unscaled) == 30 * 2                                # and divided out, per step and optimizer
+    (_, first, _, *_), (_, last, _, *_) = result["history"]
+    assert last < first - 0.3
+
+
+# ---------------------------------------------------------------- several processes
+
+DUMP_EACH_RANK = """
+import os, sys, torch
+sys.path.insert(0, {repo!r})
+import char_gpt as cg
+finish = cg.finish_run
+def finish_and_dump(run):  # each process writes the weights it ends with
+    torch.save(run.raw_model.state_dict(), os.path.join({dump!r}, f"rank{{run.rank}}.pt"))
+    return finish(run)
+cg.finish_run = finish_and_dump
+cg.main(sys.argv[1:])
+"""
+
+
+def test_torchrun_two_processes_on_cpu_end_with_the_same_weights(tmp_path):
+    """Each process trains on its own batches (dropout on, so its own noise too); DDP averages the
+    gradients, so both end with identical weights, and only rank 0 talks and writes."""
+    path = tmp_path / "t.txt"
+    path.write_text(SMALL_TEXT)
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(DUMP_EACH_RANK.format(repo=str(REPO), dump=str(tmp_path)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "char_gpt.py"), f"--input={path}", f"--out_dir={tmp_path / 'o'}", "--max_iters=10",
+           str(wrapper), f"--input={path}", f"--out_dir={tmp_path / 'o'}", "--max_iters=10",
            "--eval_interval=5", "--eval_iters=2", "--n_layer=1", "--n_head=2", "--n_embd=16",
-           "--block_size=16", "--batch_size=4", "--max_new_tokens=5", "--device=cpu"]
+           "--block_size=16", "--batch_size=4", "--dropout=0.1", "--max_new_tokens=5", "--device=cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -602,3 +696,9 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert proc.stdout.count("--- sample ---") == 1   # only rank 0 talks and writes
     ckpt = torch.load(tmp_path / "o" / "ckpt.pt", weights_only=True)
     assert ckpt["iter"] == 10
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() == ckpt["model"].keys()
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        assert torch.equal(ranks[0][name], ckpt["model"][name]), name
+    assert ckpt["history"][-1][1] < ckpt["history"][0][1]     # and they trained: the train loss fell

@@ -3,13 +3,17 @@
 Every test here runs the real script in a subprocess, the way a user does, with a tiny model.
 """
 
+import argparse
+import contextlib
 import csv
+import io
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -97,26 +101,6 @@ def test_flags_take_both_spellings(script, tmp_path, text_file):
 OPTIMIZERS = {"char_gpt.py": ["muon", "adamw"], "char_rnn.py": ["adamw"]}  # Muon is char_gpt.py's lesson
 
 
-@pytest.mark.parametrize("script, optimizer", [(s, o) for s in SCRIPTS for o in OPTIMIZERS[s]])
-def test_resume_continues_exactly(script, optimizer, tmp_path, text_file):
-    """100 iterations, then --resume for 100 more, logs the same losses as 200 straight (fixed seed, CPU).
-    A constant learning rate after no warm-up, so the two runs share one schedule. The resumed run does
-    not repeat --optimizer: it comes from the checkpoint."""
-    flags = ["--learning_rate", 3e-3, "--min_lr", 3e-3, "--warmup_iters", 0, "--eval_interval", 50,
-             "--dropout", 0.1, "--max_new_tokens", 1, "--device", "cpu"]
-    straight = tmp_path / "straight"
-    parts = tmp_path / "parts"
-    assert train(script, straight, text_file, "--max_iters", 200, "--optimizer", optimizer, *flags).returncode == 0
-    assert train(script, parts, text_file, "--max_iters", 100, "--optimizer", optimizer, *flags).returncode == 0
-    proc = train(script, parts, text_file, "--max_iters", 200, "--resume", *flags)
-    assert proc.returncode == 0, proc.stderr
-
-    def losses(d):
-        return [(r["iter"], r["train_loss"], r["val_loss"]) for r in csv.DictReader((d / "out/log.csv").open())]
-    assert losses(straight) == losses(parts)
-    assert [r[0] for r in losses(parts)] == ["0", "50", "100", "150", "200"]
-
-
 def start(script, tmp_path, text_file, *args):
     """The script in the background, the way a user starts it in a terminal; stdout is read line by line."""
     cmd = [sys.executable, "-u", str(REPO / script), "--input", text_file, "--out_dir", tmp_path / "out",
@@ -186,22 +170,71 @@ def test_a_run_killed_outright_leaves_its_log(script, tmp_path, text_file):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_a_second_ctrl_c_stops_at_once_without_saving(script, monkeypatch):
-    """The first signal only asks; the second raises KeyboardInterrupt where the program is, and nothing
-    is saved then (a checkpoint written mid-step could hold a half-updated model)."""
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(script, tmp_path, text_file):
+    """Two real SIGINTs while an evaluation runs (a long one: thousands of batches): the first asks to stop after
+    the step, the second stops at once. Exit 130, and the checkpoint on disk is byte for byte the one the
+    evaluation before wrote: nothing is saved from the middle of a step."""
+    big = tmp_path / "big.txt"                  # a val split of 100,000 characters: room for a long evaluation
+    big.write_text(SMALL_TEXT * 50, encoding="utf-8")
+    proc = start(script, tmp_path, big, "--max_iters", 100000, "--eval_interval", 10, "--eval_iters", 3000,
+                 "--n_embd", 256)
+    wait_for(proc, "iter 5 ")                   # eval 0 saved its checkpoint before training began
+    before = (tmp_path / "out" / "ckpt.pt").read_bytes()
+    time.sleep(0.5)                             # iterations 6-10 take milliseconds: now in eval 10
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "stopped at once at iteration 10" in out and "eval iter 10" not in out, out
+    assert (tmp_path / "out" / "ckpt.pt").read_bytes() == before
+    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["iter"] == 0
+
+
+def tiny_config(module, script, out_dir, text_file, **kw):
+    base = dict(input=str(text_file), out_dir=str(out_dir), n_layer=1, n_embd=16, block_size=16, batch_size=4,
+                eval_iters=2, log_interval=5, device="cpu", seed=3, dropout=0.1, warmup_iters=0,
+                learning_rate=3e-3, min_lr=3e-3, eval_interval=10)
+    if script == "char_gpt.py":
+        base["n_head"] = 2
+    return module.Config(**(base | kw))
+
+
+def assert_same(a, b, where="checkpoint"):
+    """Equal, bit for bit: tensors by torch.equal, containers item by item."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+@pytest.mark.parametrize("script, optimizer", [(s, o) for s in SCRIPTS for o in OPTIMIZERS[s]])
+def test_resume_continues_bit_for_bit(script, optimizer, tmp_path, text_file):
+    """20 iterations, then --resume to 30, then to 40, ends with the checkpoint of 40 straight: the same
+    weights, optimizer states (moments, step counts, Muon's momentum), random-number states and data
+    positions, bit for bit, and the same losses logged. A flat learning rate, so both share one schedule."""
     module = __import__(KIND[script])
-    saved = []
-    monkeypatch.setattr(module, "save_run", lambda run: saved.append(run.it))
-    run = module.Run()
-    run.stop, run.it, run.ddp, run.say = False, 7, False, lambda *a, **k: None
-    with pytest.raises(KeyboardInterrupt):
-        with module.bookkeeping(run):
-            signal.raise_signal(signal.SIGINT)
-            assert run.stop  # asked, not stopped: the step goes on
-            signal.raise_signal(signal.SIGINT)
-            raise AssertionError("the second Ctrl-C did not interrupt")
-    assert saved == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    module.train(tiny_config(module, script, tmp_path / "straight", text_file, max_iters=40,
+                             optimizer=optimizer), quiet=True)
+    parts = tmp_path / "parts"
+    module.train(tiny_config(module, script, parts, text_file, max_iters=20, optimizer=optimizer), quiet=True)
+    for budget in (30, 40):
+        module.train(tiny_config(module, script, parts, text_file, max_iters=budget, resume=True), quiet=True)
+    straight = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
+    resumed = torch.load(parts / "ckpt.pt", weights_only=True)
+    assert straight["iter"] == resumed["iter"] == 40
+    assert [r[:3] for r in straight.pop("history")] == [r[:3] for r in resumed.pop("history")]  # iter, losses
+    for key in ("config", "train_seconds"):                  # the budget flags and the clock: not the state
+        del straight[key], resumed[key]
+    assert_same(straight, resumed)
 
 
 # ---------------------------------------------------------------- evaluating a checkpoint
@@ -234,40 +267,125 @@ def test_eval_only_and_sample_only_exclude_each_other(script, tmp_path):
 
 
 # ---------------------------------------------------------------- bad input: one line, no traceback
+# main(argv) in this process: the same UsageError the script prints as "error: ..." with exit code 2 (the
+# two tests that run the script itself, test_too_old_a_torch_is_one_line and test_unknown_flag, cover
+# that wrapper), without starting Python and torch once per test.
+
+def main(script, *args):
+    """Run the script's main(argv) here; returns what a CompletedProcess would hold."""
+    module = __import__(KIND[script])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            module.main([str(a) for a in args])
+            code, err = 0, ""
+        except module.UsageError as e:
+            code, err = 2, f"error: {e}\n"
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err)
+
+
+def train_main(script, tmp_path, text_file, *args):
+    return main(script, "--input", text_file, "--out_dir", tmp_path / "out", "--eval_iters", 2, "--log_interval", 5,
+                "--device", "cpu", *TINY[script], *args)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("flag", ["--eval_interval=0", "--eval_iters=0", "--log_interval=-1", "--max_seconds=0",
+                                  "--num_samples=0", "--device=cuda"])
+def test_nonsense_flags_of_every_kind(script, flag, tmp_path, text_file):
+    name = flag.split("=")[0]
+    if flag == "--device=cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    assert_one_line_error(train_main(script, tmp_path, text_file, "--max_iters", 5, flag), name)
+
+
+def test_heads_must_divide_the_width(tmp_path, text_file):
+    proc = main("char_gpt.py", "--input", text_file, "--out_dir", tmp_path, "--n_embd=30", "--n_head=4")
+    assert_one_line_error(proc, "--n_embd=30", "--n_head=4")
+
+
+def test_unknown_dtype(tmp_path, text_file):
+    assert_one_line_error(main("char_gpt.py", "--input", text_file, "--out_dir", tmp_path, "--dtype=bogus"),
+                          "--dtype=bogus", "float32")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_input_is_a_directory(script, tmp_path):
+    assert_one_line_error(main(script, "--input", tmp_path, "--out_dir", tmp_path / "out"), str(tmp_path))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_checkpoint_save_that_fails_halfway_leaves_the_last_one_whole(script, tmp_path, monkeypatch):
+    module = __import__(KIND[script])
+    path = str(tmp_path / "ckpt.pt")
+    first = {"kind": KIND[script], "config": {}, "itos": ["a"], "model": {"w": torch.ones(3)}, "iter": 1}
+    module.save_checkpoint(path, first)
+
+    def dies_halfway(state, f):              # writes some bytes, then the disk fills (or the power goes)
+        with open(f, "wb") as out:
+            out.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(module.torch, "save", dies_halfway)
+    with pytest.raises(OSError):
+        module.save_checkpoint(path, {**first, "iter": 2})
+    monkeypatch.undo()
+    assert_same(module.load_checkpoint(path), first)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_checkpoint_holding_an_object_is_refused_in_one_line(script, tmp_path):
+    torch.save({"kind": KIND[script], "config": {}, "itos": ["a"], "model": {}, "iter": 0,
+                "note": argparse.Namespace(x=1)}, tmp_path / "ckpt.pt")   # any class: weights_only refuses it
+    assert_one_line_error(main(script, "--sample_only", "--out_dir", tmp_path), "Python objects", "refused")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("damage", ["a key", "a weight"])
+def test_a_checkpoint_of_the_right_kind_with_something_missing(script, damage, tmp_path, text_file):
+    assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
+    path = tmp_path / "out" / "ckpt.pt"
+    ckpt = torch.load(path, weights_only=True)
+    if damage == "a key":
+        del ckpt["itos"]
+    else:
+        ckpt["model"].popitem()
+    torch.save(ckpt, path)
+    assert_one_line_error(main(script, "--sample_only", "--out_dir", tmp_path / "out"),
+                          "itos" if damage == "a key" else "train again")
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_missing_input(script, tmp_path):
-    assert_one_line_error(run(script, "--input", tmp_path / "nope.txt"), "nope.txt", "not found")
+    assert_one_line_error(main(script, "--input", tmp_path / "nope.txt"), "nope.txt", "not found")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_empty_input(script, tmp_path):
     (tmp_path / "empty.txt").write_text("")
-    assert_one_line_error(run(script, "--input", tmp_path / "empty.txt", "--out_dir", tmp_path), "empty")
+    assert_one_line_error(main(script, "--input", tmp_path / "empty.txt", "--out_dir", tmp_path), "empty")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_input_not_utf8(script, tmp_path):
     (tmp_path / "latin1.txt").write_bytes("Fran\xe7ais, d\xe9j\xe0 vu\n".encode("latin-1") * 100)
-    assert_one_line_error(run(script, "--input", tmp_path / "latin1.txt", "--out_dir", tmp_path), "UTF-8")
+    assert_one_line_error(main(script, "--input", tmp_path / "latin1.txt", "--out_dir", tmp_path), "UTF-8")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_input_of_only_whitespace(script, tmp_path):
     (tmp_path / "blank.txt").write_text(" \n\t\n" * 5000)
-    assert_one_line_error(run(script, "--input", tmp_path / "blank.txt", "--out_dir", tmp_path), "whitespace")
+    assert_one_line_error(main(script, "--input", tmp_path / "blank.txt", "--out_dir", tmp_path), "whitespace")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_five_character_file_is_too_short_whatever_the_prompt(script, tmp_path):
     (tmp_path / "tiny.txt").write_text("abcde")  # no newline, the default prompt: "too short" comes first
-    assert_one_line_error(run(script, "--input", tmp_path / "tiny.txt", "--out_dir", tmp_path), "too short")
+    assert_one_line_error(main(script, "--input", tmp_path / "tiny.txt", "--out_dir", tmp_path), "too short")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_input_too_short(script, tmp_path):
     (tmp_path / "short.txt").write_text("To be, or not to be.\n")
-    proc = run(script, "--input", tmp_path / "short.txt", "--out_dir", tmp_path, *TINY[script])
+    proc = main(script, "--input", tmp_path / "short.txt", "--out_dir", tmp_path, *TINY[script])
     assert_one_line_error(proc, "too short", "--block_size")
 
 
@@ -276,18 +394,18 @@ def test_input_too_short(script, tmp_path):
                                   "--max_iters=0", "--learning_rate=0", "--min_lr=-1"])
 def test_nonsense_sizes(script, flag, tmp_path, text_file):
     name = flag.split("=")[0]
-    assert_one_line_error(run(script, "--input", text_file, "--out_dir", tmp_path, flag), name)
+    assert_one_line_error(main(script, "--input", text_file, "--out_dir", tmp_path, flag), name)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_unknown_optimizer(script, tmp_path, text_file):
-    proc = run(script, "--input", text_file, "--out_dir", tmp_path, "--optimizer=sgd")
+    proc = main(script, "--input", text_file, "--out_dir", tmp_path, "--optimizer=sgd")
     assert_one_line_error(proc, "--optimizer=sgd", " or ".join(OPTIMIZERS[script]) if script == "char_gpt.py"
                           else "adamw only")
 
 
 def test_char_rnn_has_no_muon(tmp_path, text_file):
-    proc = run("char_rnn.py", "--input", text_file, "--out_dir", tmp_path, "--optimizer=muon")
+    proc = main("char_rnn.py", "--input", text_file, "--out_dir", tmp_path, "--optimizer=muon")
     assert_one_line_error(proc, "--optimizer=muon", "adamw only", "char_gpt.py")
 
 
@@ -309,7 +427,7 @@ def test_resuming_a_checkpoint_from_before_muon(script, tmp_path, text_file):
     ckpt["optimizer"] = ckpt.pop("optimizers")[-1]  # the old layout: one AdamW state, no config["optimizer"]
     del ckpt["config"]["optimizer"]
     torch.save(ckpt, path)
-    proc = train(script, tmp_path, text_file, "--max_iters", 4, "--resume")
+    proc = train_main(script, tmp_path, text_file, "--max_iters", 4, "--resume")
     assert_one_line_error(proc, f"older {script}", "another --out_dir")
     proc = run(script, "--sample_only", "--out_dir", tmp_path / "out", "--max_new_tokens", 5)
     assert proc.returncode == 0, proc.stderr
@@ -323,14 +441,14 @@ def test_unknown_flag(script):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_out_dir_not_writable(script, tmp_path, text_file):
     (tmp_path / "a_file").write_text("x")  # a folder cannot be made inside a file, even by root
-    proc = run(script, "--input", text_file, "--out_dir", tmp_path / "a_file" / "out", *TINY[script])
+    proc = main(script, "--input", text_file, "--out_dir", tmp_path / "a_file" / "out", *TINY[script])
     assert_one_line_error(proc, "--out_dir")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_missing_checkpoint(script, tmp_path):
-    assert_one_line_error(run(script, "--sample_only", "--out_dir", tmp_path), "no checkpoint")
-    assert_one_line_error(run(script, "--resume", "--out_dir", tmp_path), "no checkpoint")
+    assert_one_line_error(main(script, "--sample_only", "--out_dir", tmp_path), "no checkpoint")
+    assert_one_line_error(main(script, "--resume", "--out_dir", tmp_path), "no checkpoint")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -338,26 +456,26 @@ def test_truncated_checkpoint(script, tmp_path, text_file):
     assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
     ckpt = tmp_path / "out" / "ckpt.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    assert_one_line_error(run(script, "--sample_only", "--out_dir", tmp_path / "out"), "truncated")
+    assert_one_line_error(main(script, "--sample_only", "--out_dir", tmp_path / "out"), "truncated")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_checkpoint_of_the_other_script(script, tmp_path):
     other = "char_rnn" if script == "char_gpt.py" else "char_gpt"
     torch.save({"kind": other, "model": {"w": torch.zeros(2)}}, tmp_path / "ckpt.pt")
-    assert_one_line_error(run(script, "--sample_only", "--out_dir", tmp_path), f"{other}.py")
+    assert_one_line_error(main(script, "--sample_only", "--out_dir", tmp_path), f"{other}.py")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_prompt_characters_missing_from_the_vocabulary(script, tmp_path, text_file):
     assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
-    proc = run(script, "--sample_only", "--out_dir", tmp_path / "out", "--prompt", "ROMEO~\u00e9")
+    proc = main(script, "--sample_only", "--out_dir", tmp_path / "out", "--prompt", "ROMEO~\u00e9")
     assert_one_line_error(proc, "~", "\u00e9")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_loss_becoming_nan(script, tmp_path, text_file):
-    proc = train(script, tmp_path, text_file, "--max_iters", 200, "--learning_rate", 1e9, "--grad_clip", 0,
+    proc = train_main(script, tmp_path, text_file, "--max_iters", 200, "--learning_rate", 1e9, "--grad_clip", 0,
                  "--warmup_iters", 0)
     assert_one_line_error(proc, "nan", "--learning_rate")
 
@@ -400,7 +518,7 @@ def test_resume_of_a_finished_run_says_the_budget_is_spent(script, tmp_path, tex
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_resume_after_ctrl_c_keeps_the_training_time(script, tmp_path, text_file):
+def test_resume_keeps_the_training_time(script, tmp_path, text_file):
     assert train(script, tmp_path, text_file, "--max_iters", 10, "--eval_interval", 5,
                  "--max_new_tokens", 1).returncode == 0
     ckpt = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -53,11 +54,14 @@ def start_server(script, out_dir, *args):
     raise AssertionError(f"the server did not start: {''.join(lines)} {proc.stderr.read()}")
 
 
+SERVER_FLAGS = ["--max_new_tokens", 123, "--temperature", 0.7, "--top_k", 9, "--seed", 5]  # none the default
+
+
 @pytest.fixture(scope="module")
 def server(checkpoint):
     script, out_dir = checkpoint
     before = {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()}
-    proc, url, lines = start_server(script, out_dir)
+    proc, url, lines = start_server(script, out_dir, *SERVER_FLAGS)
     yield script, url, lines
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -123,9 +127,15 @@ def test_generate_is_deterministic_by_seed_and_equals_the_command_line_sample(se
 
 
 def test_defaults_come_from_the_command_line(server):
+    """The server was started with --max_new_tokens 123 --temperature 0.7 --top_k 9 --seed 5: what a request
+    leaves out comes from there (and the seed gives the text that seed gives when asked for)."""
     _, url, _ = server
     status, answer = post(url, {"prompt": "A"})
-    assert status == 200 and answer["settings"]["max_new_tokens"] == 500 and len(answer["text"]) == 500
+    assert status == 200 and len(answer["text"]) == 123
+    assert answer["settings"] == {"prompt": "A", "max_new_tokens": 123, "temperature": 0.7, "top_k": 9, "seed": 5,
+                                  "stream": False}
+    explicit = {"prompt": "A", "max_new_tokens": 123, "temperature": 0.7, "top_k": 9, "seed": 5}
+    assert post(url, explicit)[1]["text"] == answer["text"]
 
 
 def test_streaming_sends_the_same_text_piece_by_piece(server):
@@ -329,6 +339,77 @@ def test_serving_without_a_checkpoint_is_one_line(tmp_path):
     for script in SCRIPTS:
         proc = run(script, "--serve", "--out_dir", tmp_path)
         assert proc.returncode != 0 and "no checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def in_process_server(checkpoint, monkeypatch):
+    """The script's handler on a free port in a thread of this process, the socket timeout cut to 0.5 s,
+    and a count of the characters each generate call drew."""
+    from http.server import ThreadingHTTPServer
+    script, out_dir = checkpoint
+    module = script_module(script)
+    monkeypatch.setattr(module, "SOCKET_TIMEOUT", 0.5)
+    drawn = []                                  # per generate call: [characters drawn, finished]
+    generate = module.generate
+
+    def counting_generate(*args, on_token=None, **kw):
+        drawn.append([0, False])
+        mine = drawn[-1]
+
+        def count(ids):
+            mine[0] += 1
+            on_token(ids)
+        try:
+            return generate(*args, on_token=count, **kw)
+        finally:
+            mine[1] = True
+    monkeypatch.setattr(module, "generate", counting_generate)
+    model, itos = module.load_model(out_dir)
+    cfg = module.Config(out_dir=str(out_dir))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), module.make_handler(model, itos, "cpu", cfg, {"kind": script}))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], drawn
+    server.shutdown()
+    server.server_close()
+
+
+def test_sampling_stops_within_a_few_steps_after_the_client_hangs_up(in_process_server):
+    port, drawn = in_process_server
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    body = json.dumps({"prompt": "A", "max_new_tokens": 5000, "stream": True}).encode()
+    s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert s.recv(100).startswith(b"HTTP/1.1 200")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # hang up with a reset
+    s.close()
+    at_hang_up = drawn[0][0]
+    wait_until(lambda: drawn[0][1], seconds=60)               # the request's sampling ended
+    assert drawn[0][0] - at_hang_up <= 4 * 8, (at_hang_up, drawn[0])  # a few turns of 8 characters, not 5,000
+
+
+def test_a_stalled_client_is_dropped_after_the_socket_timeout(in_process_server):
+    port, _ = in_process_server
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
+    stalled.sendall(b"POST /generate HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")  # and never the rest
+    t = time.perf_counter()
+    assert stalled.recv(100) == b""                           # the server closed the connection
+    assert time.perf_counter() - t < 5
+    stalled.close()
+
+
+def test_a_port_already_in_use_is_one_line(checkpoint):
+    script, out_dir = checkpoint
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    module = script_module(script)
+    try:
+        with pytest.raises(module.UsageError, match="cannot listen.*choose another --port") as e:
+            module.main(["--serve", "--out_dir", str(out_dir), "--port", str(taken.getsockname()[1])])
+        assert "\n" not in str(e.value)
+    finally:
+        taken.close()
 
 
 # ---------------------------------------------------------------- the page in a real browser
