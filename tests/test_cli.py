@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,50 @@ def text_file(tmp_path):
 def train(script, tmp_path, text_file, *args):
     return run(script, "--input", text_file, "--out_dir", tmp_path / "out", "--eval_iters", 2,
                "--log_interval", 5, *TINY[script], *args)
+
+
+# main(argv) in this process: the same UsageError the script prints as "error: ..." with exit code 2 (the
+# two tests that run the script itself, test_too_old_a_torch_is_one_line and test_unknown_flag, cover
+# that wrapper), without starting Python and torch once per test.
+
+def main(script, *args):
+    """Run the script's main(argv) here; returns what a CompletedProcess would hold."""
+    module = __import__(KIND[script])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            module.main([str(a) for a in args])
+            code, err = 0, ""
+        except module.UsageError as e:
+            code, err = 2, f"error: {e}\n"
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err)
+
+
+def train_main(script, tmp_path, text_file, *args):
+    return main(script, "--input", text_file, "--out_dir", tmp_path / "out", "--eval_iters", 2, "--log_interval", 5,
+                "--device", "cpu", *TINY[script], *args)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run of each script (2 iterations on SMALL_TEXT), trained once: copy_of_trained gives a test
+    its own copy to change."""
+    made = {}
+
+    def get(script):
+        if script not in made:
+            d = tmp_path_factory.mktemp(KIND[script])
+            (d / "text.txt").write_text(SMALL_TEXT, encoding="utf-8")
+            proc = train_main(script, d, d / "text.txt", "--max_iters", 2, "--max_new_tokens", 1)
+            assert proc.returncode == 0, proc.stderr
+            made[script] = d / "out"
+        return made[script]
+    return get
+
+
+def copy_of_trained(trained, script, tmp_path):
+    shutil.copytree(trained(script), tmp_path / "out")
+    return tmp_path / "out"
 
 
 # ---------------------------------------------------------------- a whole run, end to end
@@ -263,31 +308,10 @@ def test_eval_only_reports_nats_bits_and_perplexity(script, tmp_path, text_file)
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_eval_only_and_sample_only_exclude_each_other(script, tmp_path):
-    assert_one_line_error(run(script, "--eval_only", "--sample_only", "--out_dir", tmp_path), "--eval_only")
+    assert_one_line_error(main(script, "--eval_only", "--sample_only", "--out_dir", tmp_path), "--eval_only")
 
 
 # ---------------------------------------------------------------- bad input: one line, no traceback
-# main(argv) in this process: the same UsageError the script prints as "error: ..." with exit code 2 (the
-# two tests that run the script itself, test_too_old_a_torch_is_one_line and test_unknown_flag, cover
-# that wrapper), without starting Python and torch once per test.
-
-def main(script, *args):
-    """Run the script's main(argv) here; returns what a CompletedProcess would hold."""
-    module = __import__(KIND[script])
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        try:
-            module.main([str(a) for a in args])
-            code, err = 0, ""
-        except module.UsageError as e:
-            code, err = 2, f"error: {e}\n"
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err)
-
-
-def train_main(script, tmp_path, text_file, *args):
-    return main(script, "--input", text_file, "--out_dir", tmp_path / "out", "--eval_iters", 2, "--log_interval", 5,
-                "--device", "cpu", *TINY[script], *args)
-
 
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("flag", ["--eval_interval=0", "--eval_iters=0", "--log_interval=-1", "--max_seconds=0",
@@ -341,8 +365,8 @@ def test_a_checkpoint_holding_an_object_is_refused_in_one_line(script, tmp_path)
 
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("damage", ["a key", "a weight"])
-def test_a_checkpoint_of_the_right_kind_with_something_missing(script, damage, tmp_path, text_file):
-    assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
+def test_a_checkpoint_of_the_right_kind_with_something_missing(script, damage, tmp_path, text_file, trained):
+    copy_of_trained(trained, script, tmp_path)
     path = tmp_path / "out" / "ckpt.pt"
     ckpt = torch.load(path, weights_only=True)
     if damage == "a key":
@@ -420,8 +444,8 @@ def test_too_old_a_torch_is_one_line(script, tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_resuming_a_checkpoint_from_before_muon(script, tmp_path, text_file):
-    assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
+def test_resuming_a_checkpoint_from_before_muon(script, tmp_path, text_file, trained):
+    copy_of_trained(trained, script, tmp_path)
     path = tmp_path / "out" / "ckpt.pt"
     ckpt = torch.load(path, weights_only=True)
     ckpt["optimizer"] = ckpt.pop("optimizers")[-1]  # the old layout: one AdamW state, no config["optimizer"]
@@ -452,8 +476,8 @@ def test_missing_checkpoint(script, tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_truncated_checkpoint(script, tmp_path, text_file):
-    assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
+def test_truncated_checkpoint(script, tmp_path, text_file, trained):
+    copy_of_trained(trained, script, tmp_path)
     ckpt = tmp_path / "out" / "ckpt.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     assert_one_line_error(main(script, "--sample_only", "--out_dir", tmp_path / "out"), "truncated")
@@ -467,8 +491,8 @@ def test_checkpoint_of_the_other_script(script, tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_prompt_characters_missing_from_the_vocabulary(script, tmp_path, text_file):
-    assert train(script, tmp_path, text_file, "--max_iters", 2, "--max_new_tokens", 1).returncode == 0
+def test_prompt_characters_missing_from_the_vocabulary(script, tmp_path, text_file, trained):
+    copy_of_trained(trained, script, tmp_path)
     proc = main(script, "--sample_only", "--out_dir", tmp_path / "out", "--prompt", "ROMEO~\u00e9")
     assert_one_line_error(proc, "~", "\u00e9")
 
@@ -505,15 +529,15 @@ def test_chinese_text_with_thousands_of_characters(script, tmp_path):
     (["--device=gpu"], ["--device=gpu"]),
 ])
 def test_sampling_and_device_flags_are_checked_before_training(script, flags, words, tmp_path, text_file):
-    proc = train(script, tmp_path, text_file, "--max_iters", 5, *flags)
+    proc = train_main(script, tmp_path, text_file, "--max_iters", 5, *flags)
     assert_one_line_error(proc, *words)
     assert not (tmp_path / "out" / "ckpt.pt").exists()  # it failed before training, not after
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_resume_of_a_finished_run_says_the_budget_is_spent(script, tmp_path, text_file):
-    assert train(script, tmp_path, text_file, "--max_iters", 5, "--max_new_tokens", 1).returncode == 0
-    proc = train(script, tmp_path, text_file, "--max_iters", 5, "--resume")
+def test_resume_of_a_finished_run_says_the_budget_is_spent(script, tmp_path, text_file, trained):
+    copy_of_trained(trained, script, tmp_path)
+    proc = train_main(script, tmp_path, text_file, "--max_iters", 2, "--resume")
     assert_one_line_error(proc, "--max_iters")
 
 
