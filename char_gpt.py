@@ -18,7 +18,7 @@ Run it:
   python char_gpt.py --max_seconds=60                 # a one-minute run
   python char_gpt.py --sample_only --prompt="ROMEO:"  # sample from the last checkpoint
   python char_gpt.py --eval_only                      # its loss on the whole val split (nats, bits)
-  python char_gpt.py --serve                          # a page and an API at http://127.0.0.1:8000
+  python serve.py --out_dir out/char_gpt              # serve it: a page and an API
   torchrun --standalone --nproc_per_node=2 char_gpt.py   # several processes (DDP)
   python char_gpt.py --help                           # every flag with its default
 
@@ -26,7 +26,6 @@ Outputs go to --out_dir (default out/char_gpt): ckpt.pt, log.csv, metrics.json, 
 """
 
 import argparse
-import collections
 import csv
 import json
 import math
@@ -892,10 +891,6 @@ class Config:
     eval_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print its loss on the whole val split "
                                   "(the last tenth) of --input, every character predicted once")
     sample_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print samples")
-    serve: bool = knob(False, "do not train: serve out_dir/ckpt.pt over HTTP (a page at /, POST /generate) "
-                              "until Ctrl-C")
-    host: str = knob("127.0.0.1", "--serve listens here; 0.0.0.0 lets anyone on the network use the model")
-    port: int = knob(8000, "--serve listens on this port (0: any free one)")
     prompt: str = knob("\n", "text the samples continue")
     max_new_tokens: int = knob(500, "characters to generate per sample")
     num_samples: int = knob(1, "how many samples to print")
@@ -1004,8 +999,8 @@ def check_config(cfg: Config):
 
 
 def check_mode(cfg: Config):
-    if cfg.eval_only + cfg.sample_only + cfg.serve + cfg.resume > 1:
-        raise UsageError("--eval_only, --sample_only, --serve and --resume exclude each other: give one")
+    if cfg.eval_only + cfg.sample_only + cfg.resume > 1:
+        raise UsageError("--eval_only, --sample_only and --resume exclude each other: give one")
 
 
 def check_sample_flags(cfg: Config):
@@ -1432,7 +1427,7 @@ def sampling_settings(model):
         torch.backends.mkldnn.enabled = onednn
 
 
-# (Both settings are global: one value for every thread of the process. So the server, 5g, whose
+# (Both settings are global: one value for every thread of the process. So serve.py, whose
 # requests sample in threads at once, enters this once around all of its serving; requests that each set
 # and restored the settings would undo one another's.)
 
@@ -1450,277 +1445,7 @@ def print_samples(model, itos, cfg, device):
         print()
 
 
-# 5g. Serving the model: a small lesson on what a web API is. A server waits on a port; a client (a
-# browser, curl, a program) sends a request: a method (GET to read, POST to send data), a path, headers,
-# and maybe a body; the server answers with a status code (200 OK, 400 the request is wrong, 404 no such
-# path, 405 not with this method, 413 too large, ...), headers, and a body. http.server from the standard
-# library speaks the protocol: for each request it calls our handler's do_GET, do_POST, ... (by the
-# method's name), with the body to read from self.rfile and the answer to write to self.wfile. We write
-# what each path answers:
-#   GET  /          a page to try the model in a browser (assets/generate.html, shared by both scripts)
-#   GET  /health    the model, as JSON
-#   POST /generate  JSON in, {"prompt": "ROMEO:", "max_new_tokens": 200, ...}; JSON out, the new text
-#                   (without the prompt) and the settings used. With "stream": true, the new characters
-#                   themselves, as they are sampled.
-# Streaming uses HTTP/1.1 chunked transfer encoding: the body goes out in pieces, each its length in hex,
-# a line break, the bytes, a line break; an empty piece ends it. The browser's fetch() reads the pieces as
-# they come. (Server-sent events, the other way to stream, need the browser's EventSource, which can only
-# GET; our prompt travels in a POST body.)
-# Each request is handled in its own Python thread (ThreadingHTTPServer), with its own random generator
-# and its own key/value cache. The model's weights are only read (and each request's model.eval() sets a
-# flag that is already set), so requests share nothing that changes.
-# A client silent for SOCKET_TIMEOUT seconds (in the middle of sending, or between requests on a kept-
-# alive connection) is dropped, so it cannot hold a thread for ever.
-
-MAX_BODY = 64 * 1024
-MAX_NEW_TOKENS_SERVED = 5000
-SOCKET_TIMEOUT = 30
-REQUEST_FIELDS = {"prompt": (str,), "max_new_tokens": (int,), "temperature": (int, float),
-                  "top_k": (int, type(None)), "seed": (int,), "stream": (bool,)}  # exact: in Python True is an int
-
-
-class BadRequest(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-
-
-def read_request(body, cfg, stoi):
-    """The JSON body of POST /generate -> the settings to sample with, or BadRequest saying what to fix."""
-    try:
-        req = json.loads(body)
-    except ValueError:
-        raise BadRequest(400, 'the body is not JSON: send e.g. {"prompt": "ROMEO:"}') from None
-    if not isinstance(req, dict):
-        raise BadRequest(400, 'the body must be a JSON object, e.g. {"prompt": "ROMEO:"}')
-    unknown = sorted(set(req) - set(REQUEST_FIELDS))
-    if unknown:
-        raise BadRequest(400, f"unknown field {', '.join(unknown)}: the fields are {', '.join(REQUEST_FIELDS)}")
-    for name, value in req.items():
-        if type(value) not in REQUEST_FIELDS[name]:
-            kinds = " or ".join("null" if t is type(None) else t.__name__ for t in REQUEST_FIELDS[name])
-            raise BadRequest(400, f"{name} must be {kinds}, not {json.dumps(value)}")
-    settings = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
-                "seed": cfg.seed, "stream": False, **req}
-    prompt, n = settings.get("prompt", ""), settings["max_new_tokens"]
-    if not prompt:
-        raise BadRequest(400, "prompt is missing or empty: give at least one character to continue")
-    missing = sorted(set(prompt) - set(stoi))
-    if missing:
-        raise BadRequest(400, f"the prompt has characters the model never saw: {''.join(missing)!r}")
-    if not 1 <= n <= MAX_NEW_TOKENS_SERVED:
-        raise BadRequest(400, f"max_new_tokens={n}: ask for 1 to {MAX_NEW_TOKENS_SERVED}")
-    if not 0 <= settings["temperature"] < math.inf:  # (JSON parsing lets NaN and Infinity through)
-        raise BadRequest(400, f"temperature={settings['temperature']}: give a number from 0 up")
-    if settings["top_k"] is not None and settings["top_k"] < 1:
-        raise BadRequest(400, f"top_k={settings['top_k']}: give at least 1, or null for all characters")
-    if not 0 <= settings["seed"] < 2**63:
-        raise BadRequest(400, f"seed={settings['seed']}: give a whole number from 0 to 2**63 - 1")
-    return settings
-
-
-# Taking turns. Python runs one thread at a time: a thread must hold the interpreter's lock (the GIL) to
-# run Python code. torch lets go of it inside each operation, so another thread can run Python meanwhile,
-# but it must get it back after. A sampling step is ~60 small operations with Python between them, so two
-# requests stepping at once hand the GIL to each other ~60 times per character of each, and each hand-over
-# wakes a sleeping thread, which takes the operating system a few microseconds: as long as the operation
-# itself. Measured on 2 cores, 2 clients made 1,527 characters/s together where one alone made 2,516, and
-# 4 clients 1,119. So requests take turns at the model: STEPPERS at a time (here one), in the order they
-# came, TURN_CHARS characters a turn (a hand-over costs a wake-up; 8 characters, a few milliseconds, make
-# that small while every client still sees text every few milliseconds). With turns, 2 or 4 clients make
-# nearly what one makes alone (benchmarks/bench_serve.py, README). (char_rnn.py's step is a few larger
-# operations: there two at once still gain, and it lets two.) Between its turns a request sends the
-# characters it has made, outside its turn, so a client slow to read holds up only its own request; one
-# that asked for the whole text at once and hung up is noticed only when its answer is written. (Servers
-# for many users go further and batch: one forward pass steps every waiting request at once, as B
-# sequences.)
-
-STEPPERS = 1
-TURN_CHARS = 8
-
-
-class Turns:
-    """At most n holders at once; the others queue, and each turn goes to the first in line. (A
-    threading.Lock admits one and keeps no queue: when it is let go, whoever asks first gets it, and the
-    thread that just let go usually asks again before a woken waiter is running. Measured without torch
-    operations between, the lock changed hands once in 4,000 turns.)"""
-
-    def __init__(self, n):
-        self.guard = threading.Lock()  # held only while `free` and the queue change
-        self.free = n
-        self.queue = collections.deque()
-
-    def begin(self):
-        with self.guard:
-            if self.free > 0:
-                self.free -= 1
-                return
-            wake = threading.Lock()
-            wake.acquire()
-            self.queue.append(wake)
-        wake.acquire()  # waits here until end() hands this thread the turn (any thread may release a
-                        # Lock; if end() comes first, this returns at once: no turn is lost)
-
-    def end(self):
-        with self.guard:
-            if self.queue:
-                self.queue.popleft().release()  # the turn passes straight on; `free` stays as it is
-            else:
-                self.free += 1
-
-
-TURNS = Turns(STEPPERS)
-
-
-def complete(model, itos, stoi, settings, device, on_text=None):
-    """The text the model samples after the prompt; on_text(str) sees it piece by piece as it comes.
-    The same settings and seed give the same text (and the same as --sample_only with that --seed)."""
-    g = torch.Generator().manual_seed(settings["seed"])
-    idx = torch.tensor([encode(settings["prompt"], stoi)], device=device)
-    new, sent = [], 0
-
-    def send():
-        nonlocal sent
-        if on_text and sent < len(new):
-            on_text("".join(new[sent:]))
-        sent = len(new)
-
-    def on_char(ids):  # generate calls this after each character it draws, before the next step
-        new.append(itos[ids.item()])
-        if len(new) % TURN_CHARS == 0:  # the turn is over: the next in line steps while this one sends
-            TURNS.end()
-            try:
-                send()  # a client that has gone makes this raise: the request ends, via complete's finally
-            finally:
-                TURNS.begin()
-    TURNS.begin()  # the first turn also reads the prompt in
-    try:
-        generate(model, idx, settings["max_new_tokens"], settings["temperature"], settings["top_k"],
-                 on_token=on_char, generator=g)
-    finally:
-        TURNS.end()
-    send()
-    return "".join(new)
-
-
-def make_handler(model, itos, device, cfg, about):
-    from http.server import BaseHTTPRequestHandler
-    stoi = {c: i for i, c in enumerate(itos)}
-    page = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "generate.html"), "rb").read()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # for chunked streaming; a connection may then carry several requests
-        timeout = SOCKET_TIMEOUT
-
-        def do_GET(self):
-            path = self.path.split("?")[0]  # the page reads its own ?prompt=... parameters
-            if path == "/":
-                self.answer(200, page, "text/html; charset=utf-8")
-            elif path == "/health":
-                self.answer_json(200, about)
-            elif path == "/generate":
-                self.not_allowed()
-            else:
-                self.answer_json(404, {"error": f"no such path {path}: try /, /health or POST /generate"})
-
-        def do_POST(self):
-            path = self.path.split("?")[0]
-            if path in ("/", "/health"):
-                return self.not_allowed()
-            if path != "/generate":
-                return self.answer_json(404, {"error": f"no such path {path}: POST goes to /generate"})
-            try:
-                size = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                size = -1
-            if not 0 <= size <= MAX_BODY:
-                # the body is left unread, so its bytes would be taken for the next request: hang up after
-                self.close_connection = True
-                if size < 0:
-                    return self.answer_json(400, {"error": "Content-Length must be the body's size in bytes"})
-                return self.answer_json(413, {"error": f"the body is {size:,} bytes; the limit is {MAX_BODY:,}"})
-            try:
-                settings = read_request(self.rfile.read(size), cfg, stoi)
-            except BadRequest as e:
-                return self.answer_json(e.status, {"error": str(e)})
-            if settings["stream"]:
-                return self.stream(settings)
-            text = complete(model, itos, stoi, settings, device)
-            self.answer_json(200, {"text": text, "settings": settings})
-
-        def not_allowed(self):
-            self.answer_json(405, {"error": f"{self.command} {self.path} is not served: GET / or /health, "
-                                            "POST /generate"})
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = not_allowed
-
-        def stream(self, settings):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-
-            def send(piece):  # one chunk: its length in hex, CRLF (a line break, "\r\n"), the bytes, CRLF.
-                # A client that has gone makes this write fail (OSError): that ends the sampling, in handle()
-                data = piece.encode("utf-8")
-                self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
-            complete(model, itos, stoi, settings, device, on_text=send)
-            self.wfile.write(b"0\r\n\r\n")  # the empty chunk ends the body
-
-        def answer_json(self, status, obj):
-            self.answer(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
-
-        def answer(self, status, body, content_type):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":  # an answer to HEAD is the headers alone
-                self.wfile.write(body)
-
-        def handle(self):
-            try:
-                super().handle()
-            except OSError:  # the client went away, or stalled past SOCKET_TIMEOUT: stop serving it, quietly
-                pass
-
-        def log_message(self, format, *args):
-            pass  # one line per request would drown the terminal; errors go to the client
-
-    return Handler
-
-
-def serve(cfg):
-    """--serve: the checkpoint behind a local HTTP API and page, until Ctrl-C."""
-    from http.server import ThreadingHTTPServer
-    device = pick_device(cfg.device)
-    ckpt = load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))
-    model, itos = load_model(cfg.out_dir, device, ckpt=ckpt)
-    about = {"kind": KIND, "parameters": count_params(model), "vocab_size": len(itos), "iters": ckpt["iter"],
-             "val_loss": round(ckpt["best_val_loss"], 4)}
-    try:
-        server = ThreadingHTTPServer((cfg.host, cfg.port), make_handler(model, itos, device, cfg, about))
-    except OSError as e:
-        raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}): choose another --port") from None
-    server.daemon_threads = True  # Ctrl-C does not wait for clients still connected
-    host, port = server.server_address[:2]
-    if cfg.host not in ("127.0.0.1", "localhost"):
-        print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model")
-    print(f"serving {KIND} ({about['parameters']:,} parameters, vocabulary {about['vocab_size']}, "
-          f"{about['iters']:,} iterations, val loss {about['val_loss']:.4f}) at http://{host}:{port}/ "
-          "(Ctrl-C stops)", flush=True)
-    for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the server (even where a shell ignored SIGINT)
-        signal.signal(sig, signal.default_int_handler)
-    try:
-        with sampling_settings(model):  # (section 5f: threads by model size, no oneDNN)
-            server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped serving")
-    finally:
-        server.server_close()
-
-
-# 5h. Main: check the torch version, read the flags, train (or only sample), then sample.
+# 5h. Main: check the torch version, read the flags, train (or only evaluate or sample), then sample.
 
 MIN_TORCH = (2, 4)  # the oldest torch this file was tested with (requirements.txt says the same)
 
@@ -1752,13 +1477,12 @@ def evaluate_checkpoint(cfg):
 
 def main(argv=None):
     check_torch_version(torch.__version__)
+    if "--serve" in (sys.argv[1:] if argv is None else argv):
+        raise UsageError(f"serving has its own file: python serve.py --out_dir out/{KIND}")
     cfg = parse_args(argv)
     check_mode(cfg)
     if cfg.eval_only:
         return evaluate_checkpoint(cfg)
-    if cfg.serve:
-        check_sample_flags(cfg)
-        return serve(cfg)
     if cfg.sample_only:
         check_sample_flags(cfg)
         device = pick_device(cfg.device)

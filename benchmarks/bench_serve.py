@@ -1,7 +1,7 @@
-"""A load check of `--serve`: N clients at once on localhost for a bounded time, every answer checked.
+"""A load check of serve.py: N clients at once on localhost for a bounded time, every answer checked.
 
-Run by hand (not a test: the numbers depend on the machine). It starts `python SCRIPT --serve --port 0` on
-a trained checkpoint (train one first: python char_gpt.py), then N threads each POST /generate in a loop
+Run by hand (not a test: the numbers depend on the machine). It starts `python serve.py --out_dir OUT_DIR --port 0`
+on a trained checkpoint (train one first: python char_gpt.py), then N threads each POST /generate in a loop
 (the prompt "ROMEO:", --chars new characters, a different seed each time) for --seconds. Every answer must
 be 200 with exactly --chars characters. Reported: requests/s, characters/s, and the median and slowest
 request time. --screenshot PATH also saves the page (assets/generate.html) with a streamed sample, drawn
@@ -9,7 +9,7 @@ by headless Chromium (the picture in README).
 
     python benchmarks/bench_serve.py                              # out/char_gpt, 4 clients, 20 s
     python benchmarks/bench_serve.py --clients 1 8 --seconds 30
-    python benchmarks/bench_serve.py --script char_rnn.py --out_dir out/char_rnn
+    python benchmarks/bench_serve.py --out_dir out/char_rnn
     python benchmarks/bench_serve.py --clients 4 --screenshot assets/serve.png
 """
 
@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 
-def start(script, out_dir):
-    proc = subprocess.Popen([sys.executable, "-u", str(REPO / script), "--serve", "--out_dir", out_dir, "--port", "0"],
+def start(out_dir):
+    proc = subprocess.Popen([sys.executable, "-u", str(REPO / "serve.py"), "--out_dir", out_dir, "--port", "0"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("serving"):
@@ -82,14 +82,13 @@ def screenshot(url, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--script", default="char_gpt.py")
     p.add_argument("--out_dir", default="out/char_gpt")
     p.add_argument("--clients", type=int, nargs="+", default=[4])
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--chars", type=int, default=200)
     p.add_argument("--screenshot", default=None)
     args = p.parse_args()
-    proc, url, line = start(args.script, args.out_dir)
+    proc, url, line = start(args.out_dir)
     try:
         print(line)
         print(f"os.cpu_count()={os.cpu_count()}, {args.chars} characters per request, {args.seconds:g} s per row")

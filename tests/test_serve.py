@@ -1,7 +1,8 @@
-"""`--serve`: the HTTP API and the page of char_gpt.py and char_rnn.py, through a real client and a real browser.
+"""serve.py: the HTTP API and the page, for checkpoints of char_gpt.py and of char_rnn.py, through a real client
+and a real browser.
 
-Each script trains a tiny checkpoint once; a server is started on a free port (--port 0) in a subprocess,
-the way a user starts it, and spoken to with urllib and raw sockets.
+Each chapter trains a tiny checkpoint once; `python serve.py --out_dir RUN --port 0` is started on it in a
+subprocess, the way a user starts it, and spoken to with urllib and raw sockets.
 """
 
 import http.client
@@ -21,7 +22,7 @@ import urllib.request
 import pytest
 import torch
 from browser import CHROMIUM, Browser
-from helpers import REPO, SMALL_TEXT, run
+from helpers import REPO, SMALL_TEXT, assert_one_line_error, run
 
 SCRIPTS = ["char_gpt.py", "char_rnn.py"]
 TINY = {
@@ -40,10 +41,9 @@ def checkpoint(request, tmp_path_factory):
     return script, out / "run"
 
 
-def start_server(script, out_dir, *args):
-    """Start `script --serve --port 0`; returns (process, base URL) once it prints its address."""
-    cmd = [sys.executable, "-u", str(REPO / script), "--serve", "--out_dir", str(out_dir), "--port", "0",
-           *map(str, args)]
+def start_server(out_dir, *args):
+    """Start `serve.py --out_dir out_dir --port 0`; returns (process, base URL, lines) once it prints its address."""
+    cmd = [sys.executable, "-u", str(REPO / "serve.py"), "--out_dir", str(out_dir), "--port", "0", *map(str, args)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     lines = []
@@ -61,7 +61,7 @@ SERVER_FLAGS = ["--max_new_tokens", 123, "--temperature", 0.7, "--top_k", 9, "--
 def server(checkpoint):
     script, out_dir = checkpoint
     before = {p.name: p.stat().st_mtime_ns for p in out_dir.iterdir()}
-    proc, url, lines = start_server(script, out_dir, *SERVER_FLAGS)
+    proc, url, lines = start_server(out_dir, *SERVER_FLAGS)
     yield script, url, lines
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -256,10 +256,11 @@ def test_a_client_that_disconnects_mid_stream_or_stalls_does_not_wedge_the_serve
     stalled.close()
 
 
-def script_module(script):
+def module(name):
+    """char_gpt, char_rnn or serve, imported from the repository."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    return importlib.import_module(script.removesuffix(".py"))
+    return importlib.import_module(name.removesuffix(".py"))
 
 
 def wait_until(condition, seconds=10):
@@ -269,9 +270,8 @@ def wait_until(condition, seconds=10):
         time.sleep(0.001)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_requests_take_turns_in_the_order_they_came(script):
-    turns = script_module(script).Turns(1)
+def test_requests_take_turns_in_the_order_they_came():
+    turns = module("serve").Turns(1)
     order = []
 
     def request(i):
@@ -291,9 +291,8 @@ def test_requests_take_turns_in_the_order_they_came(script):
     assert order == [0, 1, 2, 3, 4] and turns.free == 1 and not turns.queue
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_turns_let_n_step_at_once_and_no_more(script):
-    turns = script_module(script).Turns(2)
+def test_turns_let_n_step_at_once_and_no_more():
+    turns = module("serve").Turns(2)
     turns.begin()
     turns.begin()                                            # two at once: neither waits
     third = threading.Thread(target=lambda: (turns.begin(), turns.end()))
@@ -308,16 +307,16 @@ def test_turns_let_n_step_at_once_and_no_more(script):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_sampling_settings_choose_threads_by_model_size_turn_onednn_off_and_are_restored(script):
-    module = script_module(script)
+    chapter = module(script)
     small, large = torch.nn.Linear(10, 10), torch.nn.Linear(1000, 1000)    # 110 and 1,001,000 parameters
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         onednn = torch.backends.mkldnn.enabled
-        with module.sampling_settings(small):
+        with chapter.sampling_settings(small):
             assert torch.get_num_threads() == 1 and not torch.backends.mkldnn.enabled
         assert torch.get_num_threads() == 2 and torch.backends.mkldnn.enabled == onednn
-        with module.sampling_settings(large):
+        with chapter.sampling_settings(large):
             assert torch.get_num_threads() == 2 and not torch.backends.mkldnn.enabled
         assert torch.get_num_threads() == 2 and torch.backends.mkldnn.enabled == onednn
     finally:
@@ -328,7 +327,7 @@ def test_sampling_settings_choose_threads_by_model_size_turn_onednn_off_and_are_
 
 def test_listening_beyond_this_machine_warns(checkpoint):
     script, out_dir = checkpoint
-    proc, url, lines = start_server(script, out_dir, "--host", "0.0.0.0")
+    proc, url, lines = start_server(out_dir, "--host", "0.0.0.0")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert any(line.startswith("warning") and "anyone" in line for line in lines)
@@ -336,9 +335,22 @@ def test_listening_beyond_this_machine_warns(checkpoint):
 
 
 def test_serving_without_a_checkpoint_is_one_line(tmp_path):
-    for script in SCRIPTS:
-        proc = run(script, "--serve", "--out_dir", tmp_path)
-        assert proc.returncode != 0 and "no checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert_one_line_error(run("serve.py", "--out_dir", tmp_path), "no checkpoint")
+
+
+def test_a_damaged_checkpoint_or_bad_flags_are_one_line(tmp_path):
+    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    assert_one_line_error(run("serve.py", "--out_dir", tmp_path), "not a readable checkpoint")
+    serve = module("serve")
+    for flags, words in [(["--top_k=0"], "--top_k"), (["--max_new_tokens=0"], "--max_new_tokens"),
+                         (["--port=x"], "--port"), (["--device=cuda:7"], "--device")]:
+        with pytest.raises(serve.UsageError, match=words):
+            serve.parse_args(flags)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_chapters_send_serve_to_serve_py(script):
+    assert_one_line_error(run(script, "--serve"), "serve.py")
 
 
 @pytest.fixture
@@ -347,10 +359,10 @@ def in_process_server(checkpoint, monkeypatch):
     and a count of the characters each generate call drew."""
     from http.server import ThreadingHTTPServer
     script, out_dir = checkpoint
-    module = script_module(script)
-    monkeypatch.setattr(module, "SOCKET_TIMEOUT", 0.5)
+    serve, chapter = module("serve"), module(script)
+    monkeypatch.setattr(serve, "SOCKET_TIMEOUT", 0.5)
     drawn = []                                  # per generate call: [characters drawn, finished]
-    generate = module.generate
+    generate = chapter.generate
 
     def counting_generate(*args, on_token=None, **kw):
         drawn.append([0, False])
@@ -363,10 +375,11 @@ def in_process_server(checkpoint, monkeypatch):
             return generate(*args, on_token=count, **kw)
         finally:
             mine[1] = True
-    monkeypatch.setattr(module, "generate", counting_generate)
-    model, itos = module.load_model(out_dir)
-    cfg = module.Config(out_dir=str(out_dir))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), module.make_handler(model, itos, "cpu", cfg, {"kind": script}))
+    monkeypatch.setattr(chapter, "generate", counting_generate)
+    model, itos = chapter.load_model(out_dir)
+    cfg = serve.parse_args(["--out_dir", str(out_dir)])
+    handler = serve.make_handler(chapter, model, itos, "cpu", cfg, {"kind": script}, serve.Turns(1))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -399,14 +412,14 @@ def test_a_stalled_client_is_dropped_after_the_socket_timeout(in_process_server)
 
 
 def test_a_port_already_in_use_is_one_line(checkpoint):
-    script, out_dir = checkpoint
+    _, out_dir = checkpoint
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
-    module = script_module(script)
+    serve = module("serve")
     try:
-        with pytest.raises(module.UsageError, match="cannot listen.*choose another --port") as e:
-            module.main(["--serve", "--out_dir", str(out_dir), "--port", str(taken.getsockname()[1])])
+        with pytest.raises(serve.UsageError, match="cannot listen.*choose another --port") as e:
+            serve.main(["--out_dir", str(out_dir), "--port", str(taken.getsockname()[1])])
         assert "\n" not in str(e.value)
     finally:
         taken.close()
