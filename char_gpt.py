@@ -129,8 +129,9 @@ def get_batch(data, batch_size, block_size, generator):
 # Each position t carries a vector of C numbers (at the first layer, its character's and its position's
 # embeddings, section 2e). From it, it makes a query q_t ("what am I looking for?"), a key k_t ("what do
 # I offer?") and a value v_t ("what I pass on"), each a linear map of that vector to d_k numbers. The
-# score of t looking at s is q_t . k_s / sqrt(d_k): a dot product of d_k terms has a variance d_k times a
-# term's, so dividing by sqrt(d_k) keeps the scores near unit variance and the softmax,
+# score of t looking at s is q_t . k_s / sqrt(d_k): a dot product of d_k terms that are independent with
+# mean 0 (as q and k are, roughly, at initialisation) has d_k times a term's variance, so dividing by
+# sqrt(d_k) keeps the scores near unit variance and the softmax,
 # softmax(z)_s = e^z_s / sum_j e^z_j, away from saturation. A causal mask sets the score to -inf for
 # s > t (the future), so after the softmax those weights are exactly 0. The output at t is the weighted
 # average of the values:
@@ -229,8 +230,9 @@ class MLP(nn.Module):
 # LayerNorm rescales each position's vector to mean 0 and variance 1, then by a learned gain:
 #   ln(x) = g * (x - mean(x)) / sqrt(var(x) + eps)
 # It comes before each sub-layer (pre-LN, as GPT-2), where the original Transformer put it after the
-# sum, x = ln(x + attn(x)): pre-LN leaves the "x +" path with nothing on it, so gradients flow straight
-# from the loss to the first layer, and deep stacks train without a long warm-up.
+# sum, x = ln(x + attn(x)): pre-LN leaves the "x +" path from block to block with nothing on it (only the
+# final LayerNorm, ln_f, sits at its end, section 2e), so gradients flow straight from the loss to the
+# first layer, and deep stacks train without a long warm-up.
 
 class Block(nn.Module):
     def __init__(self, cfg):
@@ -322,8 +324,9 @@ def attention_maps(model, idx):
 # -----------------------------------------------------------------------------
 # 3a. The learning rate: a cosine decay from learning_rate to min_lr as `progress` runs 0 -> 1 over
 # the budget (counted in iterations or in seconds, whichever ends first, so a 5-minute run decays
-# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (the optimizer's running
-# averages of the gradient, section 3c, start from nothing, so the first steps should be small). With it
+# over 5 minutes), scaled by a linear warm-up over the first warmup_iters steps (in the first steps the
+# optimizer's running averages of the gradient, section 3c, rest on a handful of noisy gradients, so the
+# steps they give should be small until the averages settle). With it
 # the number of steps taken so far:
 #   lr = [min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2] * min(1, (it + 1) / warmup_iters)
 
@@ -456,14 +459,15 @@ def setup_precision(cfg, device):
 #   m^ = m / (1 - beta1^t),   v^ = v / (1 - beta2^t)     (t = steps so far: undo the start from 0)
 #   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
 # so each number moves by at most about lr, whatever its gradient's scale (m^ / sqrt(v^) is +-1 when
-# every recent g agreed; noise makes it smaller, about 0.2 on average). beta2 = 0.99 (not 0.999): with
-# small batches, a shorter memory of g^2 adapts faster.
+# every recent g agreed; noise makes it smaller: Moonshot AI's "Muon is Scalable for LLM Training" (2025)
+# measured the root mean square of AdamW's update at 0.2 to 0.4, and Muon below borrows their 0.2).
+# beta2 = 0.99 (torch's default is 0.999): with small batches, a shorter memory of g^2 adapts faster.
 # The blocks' weight matrices learn faster with Muon, which treats a matrix W as a matrix, not a bag
 # of numbers. It keeps a running average of W's gradient G, like AdamW's m, and looks one step ahead
 # along it (Nesterov momentum):
 #   M = mu M + (1 - mu) G   (mu = 0.95),      D = (1 - mu) G + mu M
-# and sets every singular value of D to 1: if D = U S V^T (its singular value decomposition: rotations
-# U and V, stretches S), the step is U V^T. The few directions that dominate a gradient no longer
+# and sets every singular value of D to 1: if D = U S V^T (its singular value decomposition: U and V
+# with orthonormal columns, S the stretches), the step is U V^T. The few directions that dominate a gradient no longer
 # drown the rest; every direction W can move in moves by the same amount. (Muon needs some linear
 # algebra; a first reading may take it on trust, or train with --optimizer=adamw and skip to 3d.)
 
@@ -668,7 +672,9 @@ def sample_next(logits, temperature, top_k, generator=None):
         kth = torch.topk(logits, top_k).values[:, -1:]                      # (characters tied with the
         logits = logits.masked_fill(logits < kth, float("-inf"))            # k-th stay in too)
     # The random numbers come from one CPU generator, whatever the model's device: a seed gives the same
-    # draws on a CPU and a GPU.
+    # random numbers on a CPU and a GPU. (The text can still differ: the two compute the logits with
+    # different kernels, which round differently in the last bits, and a near tie can then fall the
+    # other way.)
     probs = F.softmax(logits.float(), dim=-1).cpu()
     return draw(probs, generator).to(logits.device)
 
@@ -861,6 +867,8 @@ class Config:
                                            "neither limit is given")
     eval_interval: int | None = knob(None, "evaluate train/val loss and save a checkpoint every N iterations")
     eval_iters: int = knob(20, "batches averaged for each evaluated loss")
+    eval_sample: bool = knob(True, "print a one-line sample (80 characters, fixed seed) at each evaluation, to "
+                                   "watch the text improve")
     log_interval: int = knob(100, "print a progress line every N iterations")
     # data and model
     batch_size: int | None = knob(None, "sequences per step")
@@ -1052,7 +1060,7 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        if "Weights only load failed" in str(e):  # weights_only refused an object: unpickling it could run code
+        if "Unsupported global" in str(e):  # weights_only refused a Python object: unpickling it could run code
             raise UsageError(f"{path} holds Python objects, not only tensors and plain values, and loading "
                              "them could run code: refused; load only checkpoints these scripts wrote") from None
         raise UsageError(f"{path} is not a readable checkpoint (truncated or damaged?): "
@@ -1061,7 +1069,7 @@ def load_checkpoint(path):
         writer = ckpt.get("kind") if isinstance(ckpt, dict) else None
         writer = f"{writer}.py" if writer else "another program"
         raise UsageError(f"{path} was written by {writer}, not {KIND}.py: point --out_dir at a {KIND} run")
-    missing = [key for key in ("config", "itos", "model", "iter") if key not in ckpt]
+    missing = [key for key in ("config", "itos", "model") if key not in ckpt]
     if missing:
         raise UsageError(f"{path} lacks {', '.join(missing)}: not a whole checkpoint; train again")
     return ckpt
@@ -1178,7 +1186,8 @@ class Clock:
 
 
 # 5e. Several processes (torchrun): each trains on its own random batches; DistributedDataParallel
-# averages the gradients after backward, so every copy of the model takes the same step.
+# averages the gradients across processes during backward (all-reduce, bucket by bucket as they become
+# ready), so every copy of the model takes the same step.
 
 def setup_ddp(device):
     import torch.distributed as dist
@@ -1275,7 +1284,8 @@ def resume_from(run, ckpt):
 
 
 def save_run(run):
-    """A checkpoint with everything needed to continue exactly where we are."""
+    """A checkpoint with everything needed to continue exactly where we are: on a CPU, bit for bit (the CPU's
+    random state is saved; a GPU's is not, so there dropout draws afresh after a resume)."""
     if run.rank == 0:
         save_checkpoint(run.ckpt_path, {
             "kind": KIND, "config": asdict(run.cfg), "itos": run.itos, "iter": run.it,
@@ -1300,9 +1310,24 @@ def evaluate_and_save(run):
                         round(run.tokens_per_s)))
     run.say(f"eval iter {run.it}: train loss {losses['train']:.4f} ({bpc(losses['train']):.3f} bpc), "
             f"val loss {losses['val']:.4f} ({bpc(losses['val']):.3f} bpc)")
+    if run.cfg.eval_sample and run.rank == 0:
+        with run.clock.paused():
+            run.say(f"  sample: {sample_line(run.raw_model, run.itos, run.device)}")
     save_run(run)
     if run.rank == 0:
         append_log(run.cfg.out_dir, run.history)
+
+
+def sample_line(model, itos, device, n=80):
+    """n characters from the model (seed 0, temperature 0.8), line breaks shown as " / ": one line, so an
+    evaluation's losses and its sample stand together in the log. The model is put back in training mode."""
+    stoi = {c: i for i, c in enumerate(itos)}
+    prompt = "\n" if "\n" in stoi else itos[0]
+    idx = torch.tensor([encode(prompt, stoi)], device=device)
+    with sampling_settings(model):
+        out = generate(model, idx, n, temperature=0.8, generator=torch.Generator().manual_seed(0))
+    model.train()
+    return decode(out[0, 1:].tolist(), itos).replace("\n", " / ")
 
 
 def bpc(loss):

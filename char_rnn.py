@@ -26,7 +26,7 @@ eval_iters, each with its default and its meaning side by side.
 
 Run it:
   python char_rnn.py                                  # train an LSTM on input.txt, then print a sample
-  python char_rnn.py --model=gru --max_seconds=60     # a one-minute GRU
+  python char_rnn.py --cell=gru --max_seconds=60      # a one-minute GRU
   python char_rnn.py --sample_only --prompt="ROMEO:"  # sample from the last checkpoint
   python char_rnn.py --eval_only                      # its loss on the whole val split (nats, bits)
   python serve.py --out_dir out/char_rnn              # serve it: a page and an API
@@ -64,10 +64,12 @@ def build_vocab(text):
     return sorted(set(text))
 
 
+# Copied from char_gpt.py
 def encode(s, stoi):
     return [stoi[c] for c in s]
 
 
+# Copied from char_gpt.py
 def decode(ids, itos):
     return "".join(itos[i] for i in ids)
 
@@ -94,6 +96,7 @@ def decode(ids, itos):
 # 256 characters, 8x smaller than the list (int16 holds 32,768, int32 the rest); a chunk converts only
 # its own characters to int64 (get_chunk).
 
+# Copied from char_gpt.py
 def id_dtype(vocab_size):
     return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 2**15 else np.int32
 
@@ -284,47 +287,67 @@ def rnn_bptt(x, h0, w_ih, b_ih, w_hh, b_hh, dh_out):
     return dx, dw_ih, db_ih, dw_hh, db_hh, dh_next                     # dh_next is now dh_0
 
 
+# nn.RNN's backward (autograd through its fused kernel) performs this same walk. check_bptt runs both on
+# one random chunk and returns the largest difference in each gradient: rounding only, ~1e-15 in float64
+# (tests/test_char_rnn.py::test_bptt_by_hand_matches_autograd holds them under 1e-10). Try it:
+#   python -c "import char_rnn; print(char_rnn.check_bptt())"
+
+def check_bptt(B=3, T=6, I=4, H=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    rnn = nn.RNN(I, H, batch_first=True).double()
+    x, h0, dh_out = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((B, T, I), (B, H), (B, T, H)))
+    x.requires_grad_(), h0.requires_grad_()
+    out, _ = rnn(x, h0[None])
+    (out * dh_out).sum().backward()                  # a loss whose dL/dh_t is dh_out_t: autograd's walk
+    by_autograd = (x.grad, rnn.weight_ih_l0.grad, rnn.bias_ih_l0.grad, rnn.weight_hh_l0.grad, rnn.bias_hh_l0.grad,
+                   h0.grad)
+    by_hand = rnn_bptt(x, h0, rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0, dh_out)
+    names = ("dx", "dw_ih", "db_ih", "dw_hh", "db_hh", "dh0")
+    return {n: (a - b).abs().max().item() for n, a, b in zip(names, by_hand, by_autograd, strict=True)}
+
+
 # -----------------------------------------------------------------------------
 # 4. The model
 # -----------------------------------------------------------------------------
 # 4a. A stack of cells, run over time. The first layer reads the character embeddings: the embedding is
 # a learned table with one H-vector per character, and character i reads row i. Layer l reads the
-# outputs h of layer l - 1 at every step. The hidden state has torch's shape: (L, B, H) for the RNN and
+# outputs h of layer l - 1 at every step. The hidden state has torch's shape: (n_layer, B, H) for the RNN and
 # the GRU, a pair (h, c) of those for the LSTM.
 # Dropout (--dropout=p), between layers here and before the read-out in 4b: in training, zero a random
 # fraction p of the activations and scale the rest by 1/(1 - p), so their expected value is unchanged;
 # in eval mode it does nothing. No unit can count on another being there, which fights overfitting.
 
-def run_scratch(kind, module, x, hidden=None):
+def run_scratch(cell, module, x, hidden=None):
     """Our cells over x (B, T, I), with the parameters of the torch module `module` (nn.RNN, nn.LSTM or nn.GRU).
     Computes the same as module(x, hidden): returns (outputs of the last layer (B, T, H), new hidden)."""
     B, T, _ = x.shape
-    L, H = module.num_layers, module.hidden_size
+    n_layer, H = module.num_layers, module.hidden_size
     if hidden is None:
-        hidden = zero_hidden(kind, L, B, H, x)
-    cell = CELLS[kind]
+        hidden = zero_hidden(cell, n_layer, B, H, x)
+    step = CELLS[cell]                                 # rnn_cell, lstm_cell or gru_cell
     final_states = []                                  # each layer's state after the last step
-    for l in range(L):
+    for l in range(n_layer):
         w_ih, w_hh, b_ih, b_hh = (getattr(module, f"{name}_l{l}")
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
         xw = x @ w_ih.T + b_ih                         # (B, T, G*H): the input half, every step at once
-        state = (hidden[0][l], hidden[1][l]) if kind == "lstm" else hidden[l]
+        state = (hidden[0][l], hidden[1][l]) if cell == "lstm" else hidden[l]
         outs = []
         for t in range(T):
-            state = cell(xw[:, t], state, w_hh, b_hh)
-            outs.append(state[0] if kind == "lstm" else state)        # (B, H)
+            state = step(xw[:, t], state, w_hh, b_hh)
+            outs.append(state[0] if cell == "lstm" else state)        # (B, H)
         x = torch.stack(outs, dim=1)                                   # (B, T, H)
-        if l < L - 1:                                                  # torch drops out between layers
+        if l < n_layer - 1:                                                  # torch drops out between layers
             x = F.dropout(x, module.dropout, module.training)
         final_states.append(state)
-    if kind == "lstm":
+    if cell == "lstm":
         return x, (torch.stack([s[0] for s in final_states]), torch.stack([s[1] for s in final_states]))
-    return x, torch.stack(final_states)                                # (L, B, H)
+    return x, torch.stack(final_states)                                # (n_layer, B, H)
 
 
-def zero_hidden(kind, L, B, H, like):
-    h = like.new_zeros(L, B, H)
-    return (h, h.clone()) if kind == "lstm" else h
+def zero_hidden(cell, n_layer, B, H, like):
+    h = like.new_zeros(n_layer, B, H)
+    return (h, h.clone()) if cell == "lstm" else h
 
 
 def detach_hidden(hidden):
@@ -351,15 +374,15 @@ def detach_hidden(hidden):
 class CharRNN(nn.Module):
     def __init__(self, cfg, vocab_size):
         super().__init__()
-        self.kind, self.impl = cfg.model, cfg.impl
+        self.cell, self.impl = cfg.cell, cfg.impl
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)  # the embedding table (V, H); checkpoints use this name
-        module = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.model]
+        module = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell]
         # torch applies its dropout between layers only, and warns if there is a single layer
         self.rnn = module(cfg.n_embd, cfg.n_embd, cfg.n_layer, batch_first=True,
                           dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size)
-        if cfg.model == "lstm":
+        if cfg.cell == "lstm":
             # A forget-gate bias of 1 makes the untrained LSTM keep more of its cell state: f = sigmoid(1) = 0.73
             # instead of about sigmoid(0) = 0.5 (torch's default biases are small random values, not 0), so a
             # memory halves in about 2.2 steps instead of 1. Training does the rest.
@@ -376,7 +399,7 @@ class CharRNN(nn.Module):
         if self.impl == "fused":
             out, hidden = self.rnn(x, hidden)                                 # (B, T, H)
         else:
-            out, hidden = run_scratch(self.kind, self.rnn, x, hidden)         # (B, T, H)
+            out, hidden = run_scratch(self.cell, self.rnn, x, hidden)         # (B, T, H)
         logits = self.lm_head(self.drop(out))                                 # (B, T, V)
         if targets is None:
             return logits, None, hidden
@@ -426,11 +449,13 @@ def train_step(model, optimizers, x, y, hidden, lr, grad_clip):
 #   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2     running means of g and g^2, from 0
 #   m^ = m / (1 - beta1^k),   v^ = v / (1 - beta2^k)                  bias-corrected: undo the pull toward 0
 #   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
-# with beta1 = 0.9, beta2 = 0.99 and eps = 1e-8 (torch's default). Dividing by sqrt(v^) makes each
+# with beta1 = 0.9, beta2 = 0.99 (torch's default is 0.999: with small batches, a shorter memory of g^2
+# adapts faster) and eps = 1e-8. Dividing by sqrt(v^) makes each
 # parameter's step at most about lr, whatever the scale of its gradient.
 # Weight decay pulls the matrices and the embedding toward 0, never the biases.
-# Precision: the parameters and activations are float32 on every device; on CUDA the matmuls use TF32
-# (float32's range with a 10-bit mantissa; start_run, section 7e, turns it on). The recurrent matmuls
+# Precision: the parameters and activations are float32 on every device; on a CUDA GPU from Ampere on,
+# the matmuls multiply float32 numbers with TF32 (float32's range with a 10-bit mantissa) because
+# start_run, section 7e, turns it on. The recurrent matmuls
 # are small (batch x hidden) and run one time step after another, so a lower precision such as bfloat16
 # would save little here.
 
@@ -450,11 +475,13 @@ def make_optimizers(model, cfg):
 # first m^ and v^ are estimated from only a few gradients, so its first steps should be small):
 #   lr = [min_lr + (learning_rate - min_lr) * (1 + cos(pi * progress)) / 2] * min(1, (it + 1) / warmup_iters)
 
+# Copied from char_gpt.py
 def get_lr(it, progress, cfg):
     cosine = cfg.min_lr + (cfg.learning_rate - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return cosine * min(1.0, (it + 1) / cfg.warmup_iters) if cfg.warmup_iters else cosine
 
 
+# Copied from char_gpt.py
 def budget_progress(it, elapsed, cfg):
     by_iters = it / cfg.max_iters if cfg.max_iters else 0.0
     by_time = elapsed / cfg.max_seconds if cfg.max_seconds else 0.0
@@ -585,10 +612,12 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=N
 KIND = "char_rnn"  # written into checkpoints, so char_gpt.py's checkpoints are told apart
 
 
+# Copied from char_gpt.py
 class UsageError(Exception):
     """A problem with the input or the flags: reported as one line, without a traceback."""
 
 
+# Copied from char_gpt.py
 def knob(default, help):
     """A Config field: its default and its --help text side by side."""
     return field(default=default, metadata={"help": help})
@@ -608,9 +637,11 @@ class Config:
                                            "neither limit is given")
     eval_interval: int | None = knob(None, "evaluate train/val loss and save a checkpoint every N iterations")
     eval_iters: int = knob(20, "chunks averaged for each evaluated loss (the first chunks of each split)")
+    eval_sample: bool = knob(True, "print a one-line sample (80 characters, fixed seed) at each evaluation, to "
+                                   "watch the text improve")
     log_interval: int = knob(50, "print a progress line every N iterations")
     # data and model
-    model: str = knob("lstm", "the recurrent cell: rnn (vanilla, tanh), lstm or gru")
+    cell: str = knob("lstm", "the recurrent cell: rnn (vanilla, tanh), lstm or gru (--model is the same flag)")
     impl: str | None = knob(None, "scratch (our cells, a Python loop over time) or fused (torch's "
                                   "nn.RNN/LSTM/GRU kernel): the same function of the same parameters; fused "
                                   "is the faster on cpu and gpu")
@@ -654,10 +685,10 @@ DEVICE_DEFAULTS = {
                 n_embd=512, dropout=0.2, learning_rate=2e-3, min_lr=2e-4),
 }
 
-MODELS = ("rnn", "lstm", "gru")
 IMPLS = ("scratch", "fused")
 
 
+# Copied from char_gpt.py
 def parse_bool(s):
     if s.lower() in ("1", "true", "yes", "on"):
         return True
@@ -666,11 +697,13 @@ def parse_bool(s):
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+# Copied from char_gpt.py
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message} (see --help)")
 
 
+# Copied from char_gpt.py
 def flag_type(t):
     """int -> int; int | None -> int (None is the "not given" default)."""
     return t if isinstance(t, type) else next(a for a in typing.get_args(t) if a is not type(None))
@@ -679,21 +712,23 @@ def flag_type(t):
 def parse_args(argv=None) -> Config:
     """Flags mirror the Config fields: --name=value or --name value; a bare --resume means true."""
     parser = OneLineParser(description=__doc__.split("\n")[0])
-    choices = {"model": MODELS, "impl": IMPLS}
+    choices = {"cell": tuple(CELLS), "impl": IMPLS}
     for f in fields(Config):
-        kind = flag_type(f.type)
+        typ = flag_type(f.type)
         if f.name in DEVICE_DEFAULTS["cpu"]:
             default = f"cpu {DEVICE_DEFAULTS['cpu'][f.name]}, gpu {DEVICE_DEFAULTS['gpu'][f.name]}"
         else:
             default = repr(f.default)
-        extra = dict(type=parse_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
-        parser.add_argument(f"--{f.name}", default=f.default, choices=choices.get(f.name),
+        extra = dict(type=parse_bool, nargs="?", const=True) if typ is bool else dict(type=typ)
+        names = [f"--{f.name}"] + (["--model"] if f.name == "cell" else [])  # --model: the older name
+        parser.add_argument(*names, default=f.default, choices=choices.get(f.name),
                             help=f"{f.metadata['help']} (default: {default})", **extra)
     return Config(**vars(parser.parse_args(argv)))
 
 
 # 7b. The device, and every flag checked before any work starts.
 
+# Copied from char_gpt.py
 def pick_device(name):
     if name != "auto" and not (name in ("cpu", "cuda", "mps") or name.startswith("cuda:")):
         raise UsageError(f"--device={name} is not one of auto, cpu, cuda, cuda:N, mps")
@@ -710,6 +745,7 @@ def pick_device(name):
     return "cpu"
 
 
+# Copied from char_gpt.py
 def fill_defaults(cfg: Config, device: str) -> Config:
     """Replace each None by the default for this device, then check the sizes make sense."""
     defaults = DEVICE_DEFAULTS["cpu" if device == "cpu" else "gpu"]
@@ -743,11 +779,13 @@ def check_config(cfg: Config):
     check_sample_flags(cfg)
 
 
+# Copied from char_gpt.py
 def check_mode(cfg: Config):
     if cfg.eval_only + cfg.sample_only + cfg.resume > 1:
         raise UsageError("--eval_only, --sample_only and --resume exclude each other: give one")
 
 
+# Copied from char_gpt.py
 def check_sample_flags(cfg: Config):
     if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
         raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
@@ -757,6 +795,7 @@ def check_sample_flags(cfg: Config):
         raise UsageError("--prompt is empty: the samples need at least one character to start from")
 
 
+# Copied from char_gpt.py
 def check_prompt(prompt, stoi):
     missing = sorted(set(prompt) - set(stoi))
     if missing:
@@ -766,6 +805,7 @@ def check_prompt(prompt, stoi):
 
 # 7c. Reading the text, with a one-line error for each way it can fail.
 
+# Copied from char_gpt.py
 def read_text(path):
     try:
         with open(path, encoding="utf-8") as f:
@@ -807,7 +847,7 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        if "Weights only load failed" in str(e):  # weights_only refused an object: unpickling it could run code
+        if "Unsupported global" in str(e):  # weights_only refused a Python object: unpickling it could run code
             raise UsageError(f"{path} holds Python objects, not only tensors and plain values, and loading "
                              "them could run code: refused; load only checkpoints these scripts wrote") from None
         raise UsageError(f"{path} is not a readable checkpoint (truncated or damaged?): "
@@ -816,7 +856,7 @@ def load_checkpoint(path):
         writer = ckpt.get("kind") if isinstance(ckpt, dict) else None
         writer = f"{writer}.py" if writer else "another program"
         raise UsageError(f"{path} was written by {writer}, not {KIND}.py: point --out_dir at a {KIND} run")
-    missing = [key for key in ("config", "itos", "model", "iter") if key not in ckpt]
+    missing = [key for key in ("config", "itos", "model") if key not in ckpt]
     if missing:
         raise UsageError(f"{path} lacks {', '.join(missing)}: not a whole checkpoint; train again")
     return ckpt
@@ -828,6 +868,7 @@ def hidden_to(hidden, device):
     return tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
 
 
+# Copied from char_gpt.py
 def prepare_out_dir(out_dir):
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -843,13 +884,16 @@ def prepare_out_dir(out_dir):
 # The log is written as the run goes: one row per evaluation, appended and flushed, and the plot redrawn,
 # so a run killed at any moment leaves every evaluation made so far. Columns: the losses in nats, then in
 # bits per character (loss / ln 2).
+# Copied from char_gpt.py
 LOG_COLUMNS = ["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s", "train_bpc", "val_bpc"]
 
 
+# Copied from char_gpt.py
 def log_row(row):
     return [*row, round(row[1] / math.log(2), 4), round(row[2] / math.log(2), 4)]
 
 
+# Copied from char_gpt.py
 def start_log(out_dir, history):
     """A new log.csv: the header, and the rows a resumed checkpoint already holds."""
     path = os.path.join(out_dir, "log.csv")
@@ -858,12 +902,14 @@ def start_log(out_dir, history):
     os.replace(path + ".tmp", path)
 
 
+# Copied from char_gpt.py
 def append_log(out_dir, history):
     with open(os.path.join(out_dir, "log.csv"), "a", newline="") as f:
         csv.writer(f).writerow(log_row(history[-1]))
     plot_losses(history, os.path.join(out_dir, "loss.png"))
 
 
+# Copied from char_gpt.py
 def plot_losses(history, path):
     from matplotlib.figure import Figure  # not pyplot: drawing to a file leaves a notebook's plots alone
     its = [row[0] for row in history]
@@ -909,6 +955,7 @@ class Clock:
             self.paused_for += time.perf_counter() - t
 
 
+# Copied from char_gpt.py
 def fmt_seconds(s):
     return f"{int(s // 60)}m{int(s % 60):02d}s"
 
@@ -932,8 +979,8 @@ def start_run(cfg, quiet=False):
         raise UsageError(f"{run.ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
                          "train again with another --out_dir (--sample_only still works on this one)")
     if ckpt:  # the model's shape and optimizer come from the checkpoint; budget, logging and impl from the flags
-        for name in ("model", "batch_size", "block_size", "n_layer", "n_embd", "dropout", "optimizer"):
-            setattr(cfg, name, ckpt["config"][name])
+        for name in ("cell", "batch_size", "block_size", "n_layer", "n_embd", "dropout", "optimizer"):
+            setattr(cfg, name, with_new_names(ckpt["config"])[name])
     run.cfg = cfg = fill_defaults(cfg, device_type)
     prepare_out_dir(cfg.out_dir)
 
@@ -966,7 +1013,7 @@ def start_run(cfg, quiet=False):
         resume_from(run, ckpt)
     start_log(cfg.out_dir, run.history)
     run.n_params = count_params(run.model)
-    run.say(f"{KIND}: {cfg.model} ({cfg.impl}), {run.n_params:,} parameters, vocabulary {len(run.itos)}, "
+    run.say(f"{KIND}: {cfg.cell} ({cfg.impl}), {run.n_params:,} parameters, vocabulary {len(run.itos)}, "
             f"{len(train_data):,} training characters, device {device}; float32: {KIND}.py trains in float32 "
             "everywhere")
     run.tokens_per_iter = cfg.batch_size * cfg.block_size
@@ -989,7 +1036,8 @@ def resume_from(run, ckpt):
 
 
 def save_run(run):
-    """A checkpoint with everything needed to continue exactly where we are."""
+    """A checkpoint with everything needed to continue exactly where we are: on a CPU, bit for bit (the CPU's
+    random state is saved; a GPU's is not, so there dropout draws afresh after a resume)."""
     save_checkpoint(run.ckpt_path, {
         "kind": KIND, "config": asdict(run.cfg), "itos": run.itos, "iter": run.it, "best_val_loss": run.best_val,
         "model": run.model.state_dict(), "optimizers": [opt.state_dict() for opt in run.optimizers],
@@ -997,6 +1045,7 @@ def save_run(run):
         "history": run.history, "train_seconds": run.clock.local()})
 
 
+# Copied from char_gpt.py
 def check_finite(loss, it):
     if not math.isfinite(loss):  # stop before a NaN reaches a checkpoint: the last good one stays
         raise UsageError(f"the loss became {loss} at iteration {it}: lower --learning_rate or keep --grad_clip on")
@@ -1012,10 +1061,27 @@ def evaluate_and_save(run):
                         round(run.tokens_per_s)))
     run.say(f"eval iter {run.it}: train loss {losses['train']:.4f} ({bpc(losses['train']):.3f} bpc), "
             f"val loss {losses['val']:.4f} ({bpc(losses['val']):.3f} bpc)")
+    if run.cfg.eval_sample:
+        with run.clock.paused():
+            run.say(f"  sample: {sample_line(run.model, run.itos, run.device)}")
     save_run(run)
     append_log(run.cfg.out_dir, run.history)
 
 
+# Copied from char_gpt.py
+def sample_line(model, itos, device, n=80):
+    """n characters from the model (seed 0, temperature 0.8), line breaks shown as " / ": one line, so an
+    evaluation's losses and its sample stand together in the log. The model is put back in training mode."""
+    stoi = {c: i for i, c in enumerate(itos)}
+    prompt = "\n" if "\n" in stoi else itos[0]
+    idx = torch.tensor([encode(prompt, stoi)], device=device)
+    with sampling_settings(model):
+        out = generate(model, idx, n, temperature=0.8, generator=torch.Generator().manual_seed(0))
+    model.train()
+    return decode(out[0, 1:].tolist(), itos).replace("\n", " / ")
+
+
+# Copied from char_gpt.py
 def bpc(loss):
     return loss / math.log(2)
 
@@ -1084,11 +1150,17 @@ def finish_run(run):
 
 # 7f. Sampling from a checkpoint, and the command line's entry point.
 
+def with_new_names(config):
+    """A checkpoint's config with today's names: --cell was called --model."""
+    return {"cell": config["model"], **config} if "model" in config and "cell" not in config else config
+
+
 def load_model(out_dir, device="cpu", impl=None, ckpt=None):
     """The trained model and its vocabulary from out_dir/ckpt.pt (impl: override the one it trained with;
     ckpt: that file, if already read)."""
     ckpt = ckpt or load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
-    cfg = Config(**{k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(Config)}})
+    config = with_new_names(ckpt["config"])
+    cfg = Config(**{k: v for k, v in config.items() if k in {f.name for f in fields(Config)}})
     cfg.impl = impl or cfg.impl
     model = CharRNN(cfg, len(ckpt["itos"]))
     try:
@@ -1130,6 +1202,7 @@ def sampling_settings(model):
 # requests sample in threads at once, enters this once around all of its serving; requests that each set
 # and restored the settings would undo one another's.)
 
+# Copied from char_gpt.py
 def print_samples(model, itos, cfg, device):
     stoi = {c: i for i, c in enumerate(itos)}
     check_prompt(cfg.prompt, stoi)
@@ -1146,9 +1219,11 @@ def print_samples(model, itos, cfg, device):
 
 # 7h. Main: check the torch version, read the flags, train (or only evaluate or sample), then sample.
 
+# Copied from char_gpt.py
 MIN_TORCH = (2, 4)  # the oldest torch this file was tested with (requirements.txt says the same)
 
 
+# Copied from char_gpt.py
 def check_torch_version(version):
     major, minor = (int(part) for part in version.split(".")[:2])
     if (major, minor) < MIN_TORCH:

@@ -145,8 +145,17 @@ class Value:
 
     def topological_order(self):
         """Every Value this one depends on, itself last, each listed after all of its inputs."""
-        # Depth-first search with our own stack, not recursion: Python stops at ~1,000 nested calls, so a
-        # recursive sort dies with RecursionError on a deep graph such as a long chain of ops.
+        # The plain form is recursive: a node is listed after everything below each of its inputs.
+        #     order, visited = [], set()
+        #     def visit(node):
+        #         if node not in visited:
+        #             visited.add(node)
+        #             for inp in node._prev:
+        #                 visit(inp)
+        #             order.append(node)
+        #     visit(self)
+        # Below is the same depth-first search with our own stack: Python stops at ~1,000 nested calls, so
+        # the recursive sort dies with RecursionError on a deep graph such as a long chain of ops.
         # Each node goes on the stack twice: first to push its inputs, then (done=True) to be emitted,
         # which happens only after everything pushed above it, i.e. all of its inputs, has been emitted.
         order, visited, stack = [], set(), [(self, False)]
@@ -157,19 +166,20 @@ class Value:
             elif node not in visited:
                 visited.add(node)
                 stack.append((node, True))
-                for child in node._prev:
-                    if child not in visited:
-                        stack.append((child, False))
+                for inp in node._prev:
+                    if inp not in visited:
+                        stack.append((inp, False))
         return order
 
     def backward(self):
-        """Called on the output L: add dL/dv to v.grad for every Value v in the graph below L."""
+        """Called on the output L: add dL/dv to v.grad for every Value v in the graph below L. Once per graph:
+        the grads it fills stay, so a second call adds every gradient again (zero them first to redo it)."""
         self.grad = 1.0  # dL/dL
         # `+=` below, because a Value used twice (x * x, a weight shared by two paths) gets one term per use.
         for node in reversed(self.topological_order()):
             grad = node.grad  # dL/d node: every user of node came earlier, so this sum is complete
-            for child, local_grad in zip(node._prev, node._local_grads, strict=True):
-                child.grad += grad * local_grad  # dL/d child += dL/d node * d node/d child
+            for inp, local_grad in zip(node._prev, node._local_grads, strict=True):
+                inp.grad += grad * local_grad  # dL/d inp += dL/d node * d node/d inp
 
 
 def trace_graph(root):
@@ -178,7 +188,7 @@ def trace_graph(root):
     names = {node: node.label or f"v{i}" for i, node in enumerate(order)}
     lines = []
     for node in order:
-        made_from = f"{node._op}({', '.join(names[child] for child in node._prev)})" if node._op else "leaf"
+        made_from = f"{node._op}({', '.join(names[inp] for inp in node._prev)})" if node._op else "leaf"
         lines.append(f"{names[node]:>4} = {made_from:<16} data={node.data: .4f}   grad={node.grad: .4f}")
     return "\n".join(lines)
 
@@ -257,11 +267,13 @@ class Neuron(Module):
     def __init__(self, nin, activation="relu", rng=random):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        # Random starting weights break the symmetry: neurons that start equal get equal gradients forever.
+        # Random starting weights break the symmetry: two neurons that start equal (the same incoming weights
+        # and the same outgoing weights) get equal gradients, so they stay equal forever.
         # (MLP passes rng = random.Random(seed), so one seed fixes every weight.)
         # uniform(-1, 1) is the simplest choice and is fine for the shallow nets built from Values, though it does
-        # not keep the scale: with variance 1/3 per weight, a relu layer with n_in inputs multiplies the mean
-        # square of the activations by about n_in / 6 (x2.7 for 16 inputs).
+        # not keep the scale: with variance 1/3 per weight, the sum w . x of n_in inputs has variance
+        # n_in / 3 times their mean square, and relu keeps half of a symmetric sum's square, so each layer
+        # multiplies the mean square of the activations by about n_in / 6 (x2.7 for 16 inputs).
         self.w = [Value(rng.uniform(-1.0, 1.0), label="w") for _ in range(nin)]
         self.b = Value(0.0, label="b")
         self.activation = activation
@@ -709,16 +721,16 @@ def parse_args(argv=None):
     p = OneLineErrorParser(prog="micrograd.py",
                            description="Train a Value-MLP on two moons and a NumPy MLP on a 3-class spiral.")
     p.add_argument("--seed", type=int, default=0, help="data and weights (default %(default)s)")
-    p.add_argument("--moons-steps", type=positive_int, default=100,
+    p.add_argument("--moons_steps", type=positive_int, default=100,
                    help="SGD steps for the Value-MLP on two moons (default %(default)s)")
-    p.add_argument("--spiral-steps", type=positive_int, default=1000,
+    p.add_argument("--spiral_steps", type=positive_int, default=1000,
                    help="optimizer steps for the NumPy MLP on the spiral (default %(default)s)")
     p.add_argument("--activation", choices=["relu", "tanh", "sigmoid"], default="relu",
                    help="hidden activation of the NumPy MLP (default %(default)s)")
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam",
                    help="optimizer of the NumPy MLP (default %(default)s; sgd uses momentum 0.9)")
-    p.add_argument("--plot", action="store_true", help="save decision-boundary PNGs to --out-dir")
-    p.add_argument("--out-dir", default="out/micrograd", help="folder for the plots (default %(default)s)")
+    p.add_argument("--plot", action="store_true", help="save decision-boundary PNGs to --out_dir")
+    p.add_argument("--out_dir", default="out/micrograd", help="folder for the plots (default %(default)s)")
     return p.parse_args(argv)
 
 
@@ -726,10 +738,10 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out_dir)
     if args.plot:
-        try:  # before training, so a bad --out-dir fails at once
+        try:  # before training, so a bad --out_dir fails at once
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            sys.exit(f"error: cannot create --out-dir {out}: {e.strerror}")
+            sys.exit(f"error: cannot create --out_dir {out}: {e.strerror}")
     start = time.perf_counter()
 
     print("Worked example: one sigmoid neuron, inputs [1, 2], shared weight w = 1, J = (0.5 - sigmoid(z))^2")

@@ -336,7 +336,8 @@ def serve(cfg):
     except chapter.UsageError as e:
         raise UsageError(str(e)) from None
     about = {"kind": ckpt["kind"], "parameters": sum(p.numel() for p in model.parameters()),
-             "vocab_size": len(itos), "iters": ckpt["iter"], "val_loss": round(ckpt["best_val_loss"], 4)}
+             "vocab_size": len(itos), "iters": ckpt.get("iter", 0),
+             "val_loss": round(ckpt.get("best_val_loss", math.nan), 4)}
     handler = make_handler(chapter, model, itos, cfg.device, cfg, about, Turns(STEPPERS[ckpt["kind"]]))
     try:
         server = ThreadingHTTPServer((cfg.host, cfg.port), handler)

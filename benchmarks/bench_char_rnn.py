@@ -4,7 +4,7 @@ Two parts, run by hand (not a test; the numbers depend on the machine and on wha
 
   speed    tokens/s of a full training step (forward, backward, clip, AdamW) for rnn, lstm and gru, with our
            cells (scratch) and with torch's fused kernel, at the CPU default sizes; median of --runs timings.
-  quality  `python char_rnn.py --model=M --max_seconds=S` for each model on input.txt, in a subprocess the
+  quality  `python char_rnn.py --cell=M --max_seconds=S` for each cell on input.txt, in a subprocess the
            way a user runs it; reports best and final val loss, iterations and tokens/s from metrics.json.
 
     python benchmarks/bench_char_rnn.py speed                      # a minute or two
@@ -31,7 +31,7 @@ import char_rnn  # noqa: E402
 
 def time_steps(kind, impl, device, steps, runs, **sizes):
     """Tokens per second of `steps` training steps, median over `runs`, after one warm-up run."""
-    cfg = char_rnn.fill_defaults(char_rnn.Config(model=kind, impl=impl, max_iters=1, **sizes), device)
+    cfg = char_rnn.fill_defaults(char_rnn.Config(cell=kind, impl=impl, max_iters=1, **sizes), device)
     torch.manual_seed(0)
     vocab = 67
     model = char_rnn.CharRNN(cfg, vocab).to(device)
@@ -72,7 +72,7 @@ def quality(args):
     print(f"{'model':6} {'best val':>9} {'final val':>10} {'iters':>7} {'tok/s':>8} {'params':>10} {'wall s':>7}")
     for kind in args.models:
         with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, str(REPO / "char_rnn.py"), f"--model={kind}", f"--max_seconds={args.max_seconds}",
+            cmd = [sys.executable, str(REPO / "char_rnn.py"), f"--cell={kind}", f"--max_seconds={args.max_seconds}",
                    f"--out_dir={out}", "--max_new_tokens=200", *args.extra]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -90,7 +90,7 @@ def quality(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("part", choices=["speed", "quality"])
-    parser.add_argument("--models", nargs="+", default=list(char_rnn.MODELS))
+    parser.add_argument("--models", nargs="+", default=list(char_rnn.CELLS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=10, help="speed: training steps per timing")
     parser.add_argument("--runs", type=int, default=3, help="speed: timings per configuration (median)")

@@ -118,7 +118,7 @@ def threads(args):
         models.append((f"char_gpt {n_layer} layers, {n_embd} wide", cg, m.eval(), BLOCK))
     for n_layer, n_embd in [(1, 256), (3, 512)]:
         torch.manual_seed(0)
-        m = cr.CharRNN(cr.Config(model="lstm", impl="fused", n_layer=n_layer, n_embd=n_embd, dropout=0.0,
+        m = cr.CharRNN(cr.Config(cell="lstm", impl="fused", n_layer=n_layer, n_embd=n_embd, dropout=0.0,
                                  block_size=64), VOCAB)
         models.append((f"char_rnn LSTM, {n_layer} x {n_embd}", cr, m.eval(), 64))
     for name, module, model, window in models:

@@ -12,12 +12,12 @@ from helpers import REPO, SMALL_TEXT
 sys.path.insert(0, str(REPO))
 import char_rnn as cr  # noqa: E402
 
-KINDS = ["rnn", "lstm", "gru"]
+CELLS = ["rnn", "lstm", "gru"]
 TORCH_CELL = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
 
 
 def tiny_config(**kw):
-    base = dict(model="lstm", impl="scratch", n_layer=2, n_embd=16, block_size=12, dropout=0.0, batch_size=3)
+    base = dict(cell="lstm", impl="scratch", n_layer=2, n_embd=16, block_size=12, dropout=0.0, batch_size=3)
     return cr.Config(**(base | kw))
 
 
@@ -26,10 +26,10 @@ def tiny_model(vocab_size=20, seed=0, dtype=torch.float32, **kw):
     return cr.CharRNN(tiny_config(**kw), vocab_size).to(dtype)
 
 
-def random_hidden(kind, L, B, H, dtype, seed=1):
+def random_hidden(cell, n_layer, B, H, dtype, seed=1):
     g = torch.Generator().manual_seed(seed)
-    h = torch.randn(L, B, H, generator=g, dtype=dtype)
-    return (h, torch.randn(L, B, H, generator=g, dtype=dtype)) if kind == "lstm" else h
+    h = torch.randn(n_layer, B, H, generator=g, dtype=dtype)
+    return (h, torch.randn(n_layer, B, H, generator=g, dtype=dtype)) if cell == "lstm" else h
 
 
 def flat(hidden):
@@ -38,21 +38,21 @@ def flat(hidden):
 
 # ---------------------------------------------------------------- one step of each cell
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_cell_equations_match_torch_one_step(kind):
+@pytest.mark.parametrize("cell", CELLS)
+def test_cell_equations_match_torch_one_step(cell):
     torch.manual_seed(0)
-    ref = TORCH_CELL[kind](5, 7).double()
+    ref = TORCH_CELL[cell](5, 7).double()
     g = torch.Generator().manual_seed(2)
     x = torch.randn(4, 5, generator=g, dtype=torch.float64)
     h = torch.randn(4, 7, generator=g, dtype=torch.float64)
     c = torch.randn(4, 7, generator=g, dtype=torch.float64)
     xw = x @ ref.weight_ih.T + ref.bias_ih
-    if kind == "lstm":
+    if cell == "lstm":
         ours, expected = cr.lstm_cell(xw, (h, c), ref.weight_hh, ref.bias_hh), ref(x, (h, c))
         torch.testing.assert_close(ours[0], expected[0], rtol=0, atol=1e-12)
         torch.testing.assert_close(ours[1], expected[1], rtol=0, atol=1e-12)
     else:
-        ours = cr.CELLS[kind](xw, h, ref.weight_hh, ref.bias_hh)
+        ours = cr.CELLS[cell](xw, h, ref.weight_hh, ref.bias_hh)
         torch.testing.assert_close(ours, ref(x, h), rtol=0, atol=1e-12)
 
 
@@ -101,6 +101,11 @@ def test_bptt_by_hand_matches_autograd():
     assert h0.grad.abs().max() > 1e-3                  # the state carried in does get a gradient
 
 
+def test_check_bptt_reports_rounding_only():
+    errors = cr.check_bptt(T=9)
+    assert set(errors) == {"dx", "dw_ih", "db_ih", "dw_hh", "db_hh", "dh0"} and max(errors.values()) < 1e-10
+
+
 def test_truncation_drops_exactly_dh0():
     """Two chunks: the full gradient of W_hh is chunk 2's walk plus chunk 1's walk with chunk 2's dh0 added
     to its last step. Truncated BPTT leaves that dh0 out, and that is all it leaves out."""
@@ -122,14 +127,14 @@ def test_truncation_drops_exactly_dh0():
 # ---------------------------------------------------------------- scratch == fused
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-@pytest.mark.parametrize("kind", KINDS)
-def test_scratch_equals_fused_outputs_and_gradients(kind, dtype, tol):
+@pytest.mark.parametrize("cell", CELLS)
+def test_scratch_equals_fused_outputs_and_gradients(cell, dtype, tol):
     """The whole stack (3 layers, carried non-zero hidden state): outputs, final state, and the gradients
     of every parameter and of the input and initial state agree."""
-    L, B, T, H = 3, 2, 7, 16
+    n_layer, B, T, H = 3, 2, 7, 16
     torch.manual_seed(0)
-    rnn = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](
-        H, H, L, batch_first=True).to(dtype)
+    rnn = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+        H, H, n_layer, batch_first=True).to(dtype)
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(B, T, H, generator=g, dtype=dtype)
     w_out = torch.randn(B, T, H, generator=g, dtype=dtype)     # a random read-out, so every output matters
@@ -137,9 +142,9 @@ def test_scratch_equals_fused_outputs_and_gradients(kind, dtype, tol):
     for impl in ("scratch", "fused"):
         rnn.zero_grad()
         x = x0.clone().requires_grad_()
-        hidden = tuple(t.requires_grad_() for t in flat(random_hidden(kind, L, B, H, dtype)))
-        hidden_in = hidden if kind == "lstm" else hidden[0]
-        out, h_last = cr.run_scratch(kind, rnn, x, hidden_in) if impl == "scratch" else rnn(x, hidden_in)
+        hidden = tuple(t.requires_grad_() for t in flat(random_hidden(cell, n_layer, B, H, dtype)))
+        hidden_in = hidden if cell == "lstm" else hidden[0]
+        out, h_last = cr.run_scratch(cell, rnn, x, hidden_in) if impl == "scratch" else rnn(x, hidden_in)
         loss = (out * w_out).sum() + sum(t.sum() ** 2 for t in flat(h_last))
         loss.backward()
         grads = [p.grad.clone() for p in rnn.parameters()] + [x.grad] + [t.grad for t in hidden]
@@ -149,10 +154,10 @@ def test_scratch_equals_fused_outputs_and_gradients(kind, dtype, tol):
         assert (ours - ref).abs().max().item() < tol
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_one_checkpoint_loads_into_either_impl(kind, tmp_path):
+@pytest.mark.parametrize("cell", CELLS)
+def test_one_checkpoint_loads_into_either_impl(cell, tmp_path):
     """Train a few steps with scratch, save a checkpoint (weights_only), load it as fused: same logits and state."""
-    model = tiny_model(model=kind, impl="scratch")
+    model = tiny_model(cell=cell, impl="scratch")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     idx = torch.randint(20, (3, 13))
     for _ in range(3):
@@ -161,7 +166,7 @@ def test_one_checkpoint_loads_into_either_impl(kind, tmp_path):
         opt.step()
         opt.zero_grad()
     itos = [chr(65 + i) for i in range(20)]
-    cr.save_checkpoint(str(tmp_path / "ckpt.pt"), {"kind": "char_rnn", "config": asdict(tiny_config(model=kind)),
+    cr.save_checkpoint(str(tmp_path / "ckpt.pt"), {"kind": "char_rnn", "config": asdict(tiny_config(cell=cell)),
                                                    "itos": itos, "model": model.state_dict()})
     for impl in ("scratch", "fused"):
         loaded, loaded_itos = cr.load_model(tmp_path, impl=impl)
@@ -177,20 +182,20 @@ def test_one_checkpoint_loads_into_either_impl(kind, tmp_path):
 
 # ---------------------------------------------------------------- the model
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_shapes(kind):
-    model = tiny_model(model=kind, vocab_size=20)
+@pytest.mark.parametrize("cell", CELLS)
+def test_shapes(cell):
+    model = tiny_model(cell=cell, vocab_size=20)
     logits, loss, hidden = model(torch.randint(20, (3, 12)), torch.randint(20, (3, 12)))
     assert logits.shape == (3, 12, 20) and loss.shape == ()
     for h in flat(hidden):
         assert h.shape == (2, 3, 16)
-    assert len(flat(hidden)) == (2 if kind == "lstm" else 1)
+    assert len(flat(hidden)) == (2 if cell == "lstm" else 1)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_evaluate_text_in_pieces_equals_one_pass_over_the_whole_text(kind):
+@pytest.mark.parametrize("cell", CELLS)
+def test_evaluate_text_in_pieces_equals_one_pass_over_the_whole_text(cell):
     """Carrying the hidden state from piece to piece, the pieces' length cannot change the loss."""
-    model = tiny_model(model=kind, impl="fused").eval()
+    model = tiny_model(cell=cell, impl="fused").eval()
     data = torch.randint(20, (50,), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
     logits, _, _ = model(data[:-1].long()[None])
     one_pass = torch.nn.functional.cross_entropy(logits[0], data[1:].long()).item()
@@ -215,7 +220,7 @@ def test_loss_starts_near_log_vocab():
 
 def test_carried_hidden_state_continues_the_sequence():
     """Two chunks with the state carried between them give the same logits as one long chunk."""
-    model = tiny_model(model="gru", impl="fused").eval()
+    model = tiny_model(cell="gru", impl="fused").eval()
     idx = torch.randint(20, (3, 24))
     whole, _, _ = model(idx)
     first, _, h = model(idx[:, :10])
@@ -279,7 +284,7 @@ def test_training_carries_the_hidden_state_and_resets_it_each_pass(monkeypatch, 
     and exactly the previous step's (detached) final state otherwise."""
     text = SMALL_TEXT[:300]
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    cfg = cr.Config(input=str(tmp_path / "t.txt"), out_dir=str(tmp_path / "out"), model="gru", impl="fused",
+    cfg = cr.Config(input=str(tmp_path / "t.txt"), out_dir=str(tmp_path / "out"), cell="gru", impl="fused",
                     n_layer=1, n_embd=8, block_size=10, batch_size=2, max_iters=30, eval_interval=1000,
                     eval_iters=1, warmup_iters=0)
     seen = []

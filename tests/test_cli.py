@@ -108,6 +108,21 @@ def test_twenty_iterations_then_a_sample(script, tmp_path, text_file):
     assert "ms/iter" in proc.stdout and "tok/s" in proc.stdout and "val loss" in proc.stdout
     sample = proc.stdout.split("--- sample ---\n")[1]
     assert sample.startswith("ROMEO:") and len(sample.rstrip("\n")) >= len("ROMEO:") + 50 - 5
+    lines = proc.stdout.splitlines()                          # each evaluation: its losses, then a sample line
+    evals = [i for i, line in enumerate(lines) if line.startswith("eval iter")]
+    assert len(evals) == 3 and all(lines[i + 1].startswith("  sample: ") for i in evals)
+    assert all(len(lines[i + 1]) >= len("  sample: ") + 70 for i in evals)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_evaluation_samples_are_seeded_and_can_be_turned_off(script, tmp_path, text_file):
+    on = [line for line in train_main(script, tmp_path / "a", text_file, "--max_iters", 4, "--eval_interval", 2,
+                                      "--max_new_tokens", 1).stdout.splitlines() if line.startswith("  sample: ")]
+    again = [line for line in train_main(script, tmp_path / "b", text_file, "--max_iters", 4, "--eval_interval", 2,
+                                         "--max_new_tokens", 1).stdout.splitlines() if line.startswith("  sample: ")]
+    off = train_main(script, tmp_path / "c", text_file, "--max_iters", 4, "--eval_interval", 2, "--max_new_tokens",
+                     1, "--eval_sample=false").stdout
+    assert len(on) == 3 and on == again and "  sample: " not in off
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -75,7 +75,7 @@ def test_the_softmax_of_one_score_is_1_and_a_row_sums_to_1():
 
 def test_an_lstm_steps_through_time_and_both_are_causal():
     torch.manual_seed(0)
-    lstm = cr.CharRNN(cr.Config(model="lstm", impl="fused", n_layer=1, n_embd=16, dropout=0.0), 20).eval()
+    lstm = cr.CharRNN(cr.Config(cell="lstm", impl="fused", n_layer=1, n_embd=16, dropout=0.0), 20).eval()
     gpt = cg.GPT(cg.Config(n_layer=2, n_head=2, n_embd=16, block_size=24, dropout=0.0), 20).eval()
     idx = torch.randint(20, (1, 24))
     changed = idx.clone()

@@ -479,7 +479,7 @@ def run_cli(*args):
                           text=True, timeout=120)
 
 
-@pytest.mark.parametrize("args", [["--bad-flag"], ["--moons-steps", "0"], ["--seed", "x"], ["--activation", "gelu"]])
+@pytest.mark.parametrize("args", [["--bad_flag"], ["--moons_steps", "0"], ["--seed", "x"], ["--activation", "gelu"]])
 def test_cli_bad_input_is_one_line_error(args):
     proc = run_cli(*args)
     assert proc.returncode != 0
@@ -492,12 +492,12 @@ def test_cli_bad_input_is_one_line_error(args):
 def test_cli_help_documents_the_flags():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for flag in ["--plot", "--seed", "--moons-steps", "--spiral-steps", "--activation", "--optimizer", "--out-dir"]:
+    for flag in ["--plot", "--seed", "--moons_steps", "--spiral_steps", "--activation", "--optimizer", "--out_dir"]:
         assert flag in proc.stdout
 
 
 def test_cli_short_run_prints_accuracies_and_saves_plots(tmp_path):
-    proc = run_cli("--moons-steps", "2", "--spiral-steps", "5", "--plot", "--out-dir", str(tmp_path))
+    proc = run_cli("--moons_steps", "2", "--spiral_steps", "5", "--plot", "--out_dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "dJ/dw: engine 0.1227" in proc.stdout
     assert "final training accuracy" in proc.stdout

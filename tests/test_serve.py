@@ -394,6 +394,7 @@ def test_sampling_stops_within_a_few_steps_after_the_client_hangs_up(in_process_
     body = json.dumps({"prompt": "A", "max_new_tokens": 5000, "stream": True}).encode()
     s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     assert s.recv(100).startswith(b"HTTP/1.1 200")
+    wait_until(lambda: drawn and drawn[0][0] > 0)               # sampling has begun
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # hang up with a reset
     s.close()
     at_hang_up = drawn[0][0]
@@ -442,7 +443,8 @@ def test_the_page_generates_text_in_a_headless_browser(server):
                    "document.getElementById('go').click()")
         assert browser.wait_for("document.body.dataset.done") == "1", browser.js("document.body.innerText")
         shown = browser.js("document.getElementById('out').textContent")
+        temperature = float(browser.js("document.getElementById('temperature').value"))  # the page's own
     finally:
         browser.close()
-    expected = post(url, {"prompt": "ROMEO:", "max_new_tokens": 80, "seed": 5})[1]["text"]
+    expected = post(url, {"prompt": "ROMEO:", "max_new_tokens": 80, "seed": 5, "temperature": temperature})[1]["text"]
     assert shown == "ROMEO:" + expected
