@@ -343,7 +343,8 @@ def budget_progress(it, elapsed, cfg):
 
 # 3b. Precision: which number format the matmuls of a training step run in. Decided once, here, for
 # the forward and backward passes and for the optimizer's own matmuls (Muon's, below) alike.
-#   float32   23 stored mantissa bits: exact enough for everything, the baseline speed.
+#   float32   23 stored mantissa bits: exact enough for everything, the baseline speed. (On a GPU from
+#             Ampere on, its matmuls run as TF32, below, because we turn that on.)
 #   bfloat16  float32's range with 7 stored mantissa bits: 2-4x faster where the hardware multiplies it
 #             natively (GPUs from Ampere on; CPUs with AVX512-BF16 or AMX), and much SLOWER where it does
 #             not: any other CPU converts every number to float32 and back (RESULTS.md has the timings).
@@ -351,8 +352,10 @@ def budget_progress(it, elapsed, cfg):
 #             GPUs before Ampere, which only emulate bfloat16; needs loss scaling (section 3d).
 #   TF32      float32 numbers multiplied with 10 mantissa bits on the tensor cores of GPUs from Ampere
 #             on: what they use for the matmuls autocast leaves in float32, because we turn it on below.
-# autocast (torch.autocast, a context manager) runs the matmuls inside it in the chosen format and keeps
-# sums, LayerNorm and the loss in float32. The one exception: on a CPU, torch's attention kernel is slow
+# autocast (torch.autocast, a context manager) runs the matmuls inside it in the chosen format; the
+# other operations take the format of their inputs. The residual stream stays float32 (a bfloat16 matmul's
+# output added to a float32 x gives float32), so LayerNorm and the sums on it stay float32, and so does
+# the loss (autocast computes cross-entropy in float32). The one exception: on a CPU, torch's attention kernel is slow
 # in bfloat16, so attention stays in float32 there (float32_attention, section 2b).
 
 def choose_dtype(device_type, cpu=(False, ""), cuda_capability=None):
@@ -386,14 +389,14 @@ def cpu_bf16(machine, flags, isa_cap="", probe=None):
     if flags is None:
         ratio = probe()                                   # bfloat16 time / float32 time
         return ratio < 0.8, f"a test matmul ran {1 / ratio:.1f}x as fast in bfloat16 as in float32"
-    cap = isa_cap.upper()                                 # "" or ALL: no cap
-    no_bf16_cap = cap not in ("", "ALL", "DEFAULT") and not any(s in cap for s in ("BF16", "AMX", "AVX10"))
-    no_avx512_cap = cap.startswith(("SSE", "AVX2")) or cap == "AVX"
-    if ("avx512_bf16" in flags or "amx_bf16" in flags) and not no_bf16_cap:
+    cap = "" if isa_cap.upper() in ("ALL", "DEFAULT") else isa_cap.upper()   # "": oneDNN may use everything
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    if native and (not cap or any(s in cap for s in ("BF16", "AMX", "AVX10"))):
         return True, "this CPU has native bfloat16 (AVX512-BF16 or AMX)"
-    if "avx512f" in flags and not no_avx512_cap:
-        return False, "this CPU has no native bfloat16 (AVX-512 without it: emulated, ~4x slower than float32)"
-    return False, "this CPU has no native bfloat16 (AVX2: emulated, tens of times slower than float32)"
+    why = f"ONEDNN_MAX_CPU_ISA={isa_cap} rules out its native bfloat16" if native else "this CPU has no native bfloat16"
+    if "avx512f" in flags and not (cap.startswith(("SSE", "AVX2")) or cap == "AVX"):
+        return False, f"{why} (AVX-512 without it: emulated, ~4x slower than float32)"
+    return False, f"{why} (AVX2 at most: emulated, tens of times slower than float32)"
 
 
 def cpu_flags(path="/proc/cpuinfo"):

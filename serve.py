@@ -24,7 +24,6 @@ import threading
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-STEPPERS = {"char_gpt": 1, "char_rnn": 2}  # requests that may step the model at once (see "Taking turns")
 
 
 # -----------------------------------------------------------------------------
@@ -46,8 +45,8 @@ STEPPERS = {"char_gpt": 1, "char_rnn": 2}  # requests that may step the model at
 # they come. (Server-sent events, the other common way to stream, are read by EventSource, which can only
 # GET, and our prompt travels in a POST body; fetch() could read them too, but chunks are simpler.)
 # Each request is handled in its own Python thread (ThreadingHTTPServer), with its own random generator
-# and its own key/value cache or hidden state. The model's weights are only read (and each request's
-# model.eval() sets a flag that is already set), so requests share nothing that changes.
+# and its own key/value cache or hidden state. The model's weights are only read (the chapter's generate
+# calls model.eval(), which sets a flag that is already set), so requests share nothing that changes.
 # A client silent for SOCKET_TIMEOUT seconds (in the middle of sending, or between requests on a kept-
 # alive connection) is dropped, so it cannot hold a thread for ever.
 
@@ -105,16 +104,18 @@ def read_request(body, cfg, stoi):
 # code. torch lets go of it inside each operation, so another thread can run Python meanwhile, but it must
 # get it back after. Requests sampling at once in threads hand the GIL to each other at every operation,
 # and each hand-over wakes a sleeping thread, which takes the operating system a few microseconds: as long
-# as a small operation itself. char_gpt.py's step is ~60 small operations, and there two requests stepping
-# at once make less than one alone; char_rnn.py's step is a few larger operations (the fused cells do a
-# layer's gates in one), and there two at once still gain (RESULTS.md, "Serving"). So requests take turns
-# at the model: STEPPERS[kind] at a time, in the order they came, TURN_CHARS characters a turn (a hand-over
-# costs a wake-up; 8 characters, a few milliseconds, make that small while every client still sees text
-# every few milliseconds). Between its turns a request sends the characters it has made, outside its turn,
-# so a client slow to read holds up only its own request; one that asked for the whole text at once and
-# hung up is noticed only when its answer is written. (Servers for many users go further and batch: one
-# forward pass steps every waiting request at once, as B sequences.)
+# as a small operation itself. char_gpt.py's step is ~60 small operations, and there two requests
+# stepping at once make fewer characters per second together than one alone; char_rnn.py's step is a few
+# larger operations (the fused cells do a layer's gates in one), and there two at once still gain (README,
+# "Serving", has the load figures). So requests take turns at the model: STEPPERS[kind] at a time, in the
+# order they came, TURN_CHARS characters a turn (a hand-over costs a wake-up; 8 characters, a few
+# milliseconds, make that small while every client still sees text every few milliseconds). Between its
+# turns a request sends the characters it has made, outside its turn, so a client slow to read holds up
+# only its own request; one that asked for the whole text at once and hung up is noticed only when its
+# answer is written. (Servers for many users go further and batch: one forward pass steps every waiting
+# request at once, as B sequences.)
 
+STEPPERS = {"char_gpt": 1, "char_rnn": 2}  # requests that may step the model at once, by chapter
 TURN_CHARS = 8
 
 
@@ -134,8 +135,8 @@ class Turns:
             if self.free > 0:
                 self.free -= 1
                 return
-            wake = threading.Lock()
-            wake.acquire()
+            wake = threading.Lock()  # a lock of its own, taken at once, so that taking it again below
+            wake.acquire()           # blocks until end() releases it for this thread
             self.queue.append(wake)
         wake.acquire()  # waits here until end() hands this thread the turn (any thread may release a
                         # Lock; if end() comes first, this returns at once: no turn is lost)
@@ -297,7 +298,7 @@ def parse_args(argv=None):
     p.add_argument("--top_k", type=int, default=None, help="sample from the k most likely characters (default: all)")
     p.add_argument("--seed", type=int, default=1337, help="random seed of each answer (default: %(default)s)")
     cfg = p.parse_args(argv)
-    if not 1 <= cfg.max_new_tokens <= MAX_NEW_TOKENS_SERVED or cfg.temperature < 0:
+    if not 1 <= cfg.max_new_tokens <= MAX_NEW_TOKENS_SERVED or not 0 <= cfg.temperature < math.inf:
         raise UsageError(f"--max_new_tokens must be 1 to {MAX_NEW_TOKENS_SERVED}, --temperature at least 0")
     if cfg.top_k is not None and cfg.top_k < 1:
         raise UsageError(f"--top_k={cfg.top_k} must be at least 1")
@@ -335,16 +336,17 @@ def serve(cfg):
         model, itos = chapter.load_model(cfg.out_dir, cfg.device, ckpt=ckpt)
     except chapter.UsageError as e:
         raise UsageError(str(e)) from None
+    if "iter" not in ckpt or "best_val_loss" not in ckpt:
+        raise UsageError(f"{cfg.out_dir}/ckpt.pt lacks its iteration or val loss: not a training checkpoint")
     about = {"kind": ckpt["kind"], "parameters": sum(p.numel() for p in model.parameters()),
-             "vocab_size": len(itos), "iters": ckpt.get("iter", 0),
-             "val_loss": round(ckpt.get("best_val_loss", math.nan), 4)}
+             "vocab_size": len(itos), "iters": ckpt["iter"],
+             "val_loss": round(ckpt["best_val_loss"], 4)}
     handler = make_handler(chapter, model, itos, cfg.device, cfg, about, Turns(STEPPERS[ckpt["kind"]]))
     try:
         server = ThreadingHTTPServer((cfg.host, cfg.port), handler)
     except OSError as e:
         raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}): choose another --port") from None
-    server.daemon_threads = True  # Ctrl-C does not wait for clients still connected
-    host, port = server.server_address[:2]
+    host, port = server.server_address[:2]  # (its threads are daemons: Ctrl-C does not wait for clients)
     if cfg.host not in ("127.0.0.1", "localhost"):
         print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model")
     print(f"serving {about['kind']} ({about['parameters']:,} parameters, vocabulary {about['vocab_size']}, "

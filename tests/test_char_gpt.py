@@ -253,8 +253,9 @@ def no_probe():
     ("x86_64", AVX512, "", False, "AVX-512 without it"),                    # kind 2: oneDNN says "supported"
     ("x86_64", AVX512 | {"avx512_bf16"}, "", True, "native"),              # kind 3: Cooper Lake, Zen 4
     ("x86_64", AVX512 | {"avx512_bf16", "amx_bf16", "amx_tile"}, "", True, "AMX"),  # Sapphire Rapids
-    ("x86_64", AVX512 | {"avx512_bf16", "amx_bf16"}, "AVX512_CORE", False, "AVX-512 without it"),  # capped
-    ("x86_64", AVX512 | {"avx512_bf16", "amx_bf16"}, "AVX2", False, "AVX2"),
+    ("x86_64", AVX512 | {"avx512_bf16", "amx_bf16"}, "AVX512_CORE", False, "ONEDNN_MAX_CPU_ISA=AVX512_CORE"),
+    ("x86_64", AVX512 | {"avx512_bf16", "amx_bf16"}, "AVX2", False, "AVX2 at most"),  # capped: a stand-in
+    ("x86_64", AVX512, "AVX2", False, "AVX2 at most"),
     ("x86_64", AVX512 | {"avx512_bf16", "amx_bf16"}, "AVX512_CORE_AMX", True, "native"),
     ("aarch64", {"fp", "asimd", "bf16", "sve"}, "", False, "not known"),    # Graviton 3: ARM stays float32
     ("arm64", None, "", False, "not known"),                                # Apple silicon (macOS: no flags)
