@@ -59,16 +59,23 @@ def test_c_attn_is_three_matrices_and_one_shared_matrix_makes_scores_symmetric()
     v = torch.stack([W_V @ x[i] for i in range(3)])
     torch.testing.assert_close(attn.c_attn.double()(x).detach(), torch.cat([q, k, v], dim=1))
     S = q @ k.T
-    assert not torch.allclose(S, S.T)
-    shared = torch.stack([W_Q @ x[i] for i in range(3)])
-    torch.testing.assert_close(shared @ shared.T, (shared @ shared.T).T, rtol=0, atol=0)
+    assert not torch.allclose(S, S.T)                                # two matrices: "i looks at j" != "j at i"
+    with torch.no_grad():                                            # one matrix for both: symmetric scores
+        attn.c_attn.weight[C:2 * C] = attn.c_attn.weight[:C]
+        q, k, _ = attn.heads(x[None])                                # (c_attn is float64 by now)
+        _, weights = cg.attention(q, k, k)
+    scores = (q @ k.transpose(-2, -1))[0, 0]
+    torch.testing.assert_close(scores, scores.T)
+    assert weights[0, 0, 0, 0] == 1.0                                # and the mask still hides the future
 
 
-def test_the_softmax_of_one_score_is_1_and_a_row_sums_to_1():
-    s = torch.randn(4, 4) * 5
-    assert F.softmax(s[0, 1:2], dim=0).item() == 1.0
-    row = torch.exp(s[0]) / torch.exp(s[0]).sum()                    # the definition, by hand
-    torch.testing.assert_close(F.softmax(s[0], dim=0), row)
+def test_the_first_position_attends_only_to_itself_and_every_row_sums_to_1():
+    """The first query has one visible key: a softmax over one score is 1, whatever the score."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (5 * torch.randn(2, 3, 6, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    out, weights = cg.attention(q, k, v)
+    assert torch.all(weights[..., 0, 0] == 1.0) and torch.equal(out[..., 0, :], v[..., 0, :])
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 6, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------- 8. an LSTM is not a GPT
@@ -147,8 +154,6 @@ def test_post_ln_keeps_the_stream_at_rms_1_pre_ln_lets_it_grow():
 
 # ---------------------------------------------------------------- 11. the head's shape
 
-def test_a_head_of_the_ffn_width_does_not_fit_the_stream():
-    with pytest.raises(RuntimeError, match="cannot be multiplied"):
-        torch.nn.Linear(2048, 1000)(torch.randn(1, 10, 512))
+def test_the_head_reads_the_stream_not_the_ffn_width():
     gpt = cg.GPT(cg.Config(n_layer=1, n_head=4, n_embd=64, block_size=16, dropout=0.0), 65)
     assert gpt.lm_head.weight.shape == (65, 64) and gpt.lm_head.weight is gpt.wte.weight
