@@ -353,10 +353,10 @@ def budget_progress(it, elapsed, cfg):
 #   TF32      float32 numbers multiplied with 10 mantissa bits on the tensor cores of GPUs from Ampere
 #             on: what they use for the matmuls autocast leaves in float32, because we turn it on below.
 # autocast (torch.autocast, a context manager) runs the matmuls inside it in the chosen format; the
-# other operations take the format of their inputs. The residual stream stays float32 (a bfloat16 matmul's
-# output added to a float32 x gives float32), so LayerNorm and the sums on it stay float32, and so does
-# the loss (autocast computes cross-entropy in float32). The one exception: on a CPU, torch's attention kernel is slow
-# in bfloat16, so attention stays in float32 there (float32_attention, section 2b).
+# other operations take the format of their inputs. The residual stream stays float32 (a bfloat16
+# matmul's output added to a float32 x gives float32), so LayerNorm and the sums on it stay float32, and
+# so does the loss (autocast computes cross-entropy in float32). One exception: on a CPU, torch's
+# attention kernel is slow in bfloat16, so attention stays in float32 there (float32_attention, 2b).
 
 def choose_dtype(device_type, cpu=(False, ""), cuda_capability=None):
     """The precision policy, a pure function of the hardware: (dtype, why). cpu is cpu_bf16()'s verdict,
@@ -412,8 +412,8 @@ def cpu_flags(path="/proc/cpuinfo"):
 
 
 def bf16_probe():
-    """Time a (256 x 128) @ (128 x 128) matmul in bfloat16 and in float32 (best of 3, ~25 ms when bfloat16
-    is emulated): the ratio of the two times."""
+    """Time a (256 x 128) @ (128 x 128) matmul in bfloat16 and in float32 (best of 3; tens of milliseconds
+    at most, when bfloat16 is emulated): the ratio of the two times."""
     a, b = torch.randn(256, 128), torch.randn(128, 128)
     best = {}
     for dtype in (torch.float32, torch.bfloat16):
