@@ -376,7 +376,7 @@ def choose_dtype(device_type, cpu=(False, ""), cuda_capability=None):
 # Does this CPU multiply bfloat16 natively? Not what torch.ops.mkldnn._is_mkldnn_bf16_supported() says:
 # it answers True on every AVX-512 CPU, because oneDNN can *run* bfloat16 there by converting, which is
 # several times slower than float32. The CPU's own flags say it: avx512_bf16 or amx_bf16 (Linux lists
-# them in /proc/cpuinfo). Where no flags can be read (Windows, macOS), a 128-wide matmul timed in both
+# them in /proc/cpuinfo). Where no flags can be read (Windows, macOS), a small matmul timed in both
 # formats decides. ARM CPUs (Apple's among them) stay in float32. ONEDNN_MAX_CPU_ISA, which caps the
 # instructions oneDNN may use, is obeyed: with it at AVX2 or AVX512_CORE there is no bfloat16 either.
 X86 = ("x86_64", "amd64", "i686", "i386", "x86")
@@ -470,9 +470,10 @@ def setup_precision(cfg, device):
 # along it (Nesterov momentum):
 #   M = mu M + (1 - mu) G   (mu = 0.95),      D = (1 - mu) G + mu M
 # and sets every singular value of D to 1: if D = U S V^T (its singular value decomposition: U and V
-# with orthonormal columns, S the stretches), the step is U V^T. The few directions that dominate a gradient no longer
-# drown the rest; every direction W can move in moves by the same amount. (Muon needs some linear
-# algebra; a first reading may take it on trust, or train with --optimizer=adamw and skip to 3d.)
+# with orthonormal columns, S the stretches), the step is U V^T. The few directions that dominate a
+# gradient no longer drown the rest; every direction W can move in moves by the same amount. (Muon needs
+# some linear algebra; a first reading may take it on trust, or train with --optimizer=adamw and skip
+# to 3d.)
 
 def newton_schulz(D, dtype=torch.float32, steps=5):
     """About U V^T for D = U S V^T, from matrix products alone (no SVD, which is slow on a GPU).

@@ -450,14 +450,13 @@ def train_step(model, optimizers, x, y, hidden, lr, grad_clip):
 #   m^ = m / (1 - beta1^k),   v^ = v / (1 - beta2^k)                  bias-corrected: undo the pull toward 0
 #   p = p - lr (m^ / (sqrt(v^) + eps) + weight_decay p)
 # with beta1 = 0.9, beta2 = 0.99 (torch's default is 0.999: with small batches, a shorter memory of g^2
-# adapts faster) and eps = 1e-8. Dividing by sqrt(v^) makes each
-# parameter's step at most about lr, whatever the scale of its gradient.
+# adapts faster) and eps = 1e-8. Dividing by sqrt(v^) makes each parameter's step at most about lr,
+# whatever the scale of its gradient.
 # Weight decay pulls the matrices and the embedding toward 0, never the biases.
 # Precision: the parameters and activations are float32 on every device; on a CUDA GPU from Ampere on,
-# the matmuls multiply float32 numbers with TF32 (float32's range with a 10-bit mantissa) because
-# start_run, section 7e, turns it on. The recurrent matmuls
-# are small (batch x hidden) and run one time step after another, so a lower precision such as bfloat16
-# would save little here.
+# the matmuls multiply float32 numbers with TF32 (float32's range with a 10-bit mantissa), because
+# start_run, section 7e, turns it on. The recurrent matmuls are small (batch x hidden) and run one time
+# step after another, so a lower precision such as bfloat16 would save little here.
 
 def make_optimizers(model, cfg):
     """[AdamW] for every parameter. A list, so checkpoints have the layout of char_gpt.py, this project's

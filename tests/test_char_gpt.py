@@ -623,12 +623,14 @@ def relative(a, b):
 
 
 def test_learning_rate_warms_up_then_decays_to_min_lr():
+    """Hand-computed rates. char_rnn.py's get_lr and budget_progress are marked copies (tests/test_copies.py)."""
     cfg = cg.Config(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100)
     assert cg.get_lr(0, 0.0, cfg) == pytest.approx(1e-4)
     assert cg.get_lr(9, 0.0, cfg) == pytest.approx(1e-3)
     assert cg.get_lr(5, 0.5, cfg) == pytest.approx(0.6 * (1e-3 + 1e-4) / 2)  # warm-up scales the cosine
     assert cg.get_lr(55, 0.5, cfg) == pytest.approx((1e-3 + 1e-4) / 2)
     assert cg.get_lr(100, 1.0, cfg) == pytest.approx(1e-4)
+    assert cg.get_lr(0, 0.5, cg.Config(learning_rate=1e-3, min_lr=1e-4, warmup_iters=0)) == pytest.approx(5.5e-4)
     assert cg.budget_progress(50, 30.0, cg.Config(max_iters=100, max_seconds=40)) == 0.75  # time runs out first
 
 

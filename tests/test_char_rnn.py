@@ -313,17 +313,6 @@ def test_text_too_short_for_the_streams():
         cr.split_data("abc" * 100, {"a": 0, "b": 1, "c": 2}, batch_size=8, block_size=16)
 
 
-def test_learning_rate_warms_up_then_decays_to_min_lr():
-    cfg = cr.Config(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100)
-    assert cr.get_lr(0, 0.0, cfg) == pytest.approx(1e-4)
-    assert cr.get_lr(9, 0.0, cfg) == pytest.approx(1e-3)
-    assert cr.get_lr(5, 0.5, cfg) == pytest.approx(0.6 * (1e-3 + 1e-4) / 2)  # warm-up scales the cosine
-    assert cr.get_lr(55, 0.5, cfg) == pytest.approx((1e-3 + 1e-4) / 2)
-    assert cr.get_lr(100, 1.0, cfg) == pytest.approx(1e-4)
-    assert cr.get_lr(0, 0.5, cr.Config(learning_rate=1e-3, min_lr=1e-4, warmup_iters=0)) == pytest.approx(5.5e-4)
-    assert cr.budget_progress(50, 30.0, cr.Config(max_iters=100, max_seconds=40)) == 0.75  # time runs out first
-
-
 def test_torchrun_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(cr.UsageError, match="not torchrun"):
