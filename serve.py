@@ -7,7 +7,7 @@ web API is, how text streams to a browser as it is sampled, and how requests sha
     curl -s localhost:8000/generate -d '{"prompt": "ROMEO:", "max_new_tokens": 200}'
 
 It reads out_dir/ckpt.pt, sees which chapter wrote it (char_gpt.py or char_rnn.py), and imports that chapter's
-load_model, generate and sampling_settings: the model, its sampling loop and its CPU settings are the
+load_model, generate_fast and sampling_settings: the model, its sampling loop and its CPU settings are the
 chapter's own, so the server's text for a seed is the text `--sample_only` prints for that seed.
 """
 
@@ -176,8 +176,8 @@ def complete(chapter, model, itos, stoi, settings, device, turns, on_text=None):
                 turns.begin()
     turns.begin()  # the first turn also reads the prompt in
     try:
-        chapter.generate(model, idx, settings["max_new_tokens"], settings["temperature"], settings["top_k"],
-                 on_token=on_char, generator=g)
+        chapter.generate_fast(model, idx, settings["max_new_tokens"], settings["temperature"], settings["top_k"],
+                              on_token=on_char, generator=g)
     finally:
         turns.end()
     send()

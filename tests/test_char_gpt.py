@@ -352,7 +352,7 @@ def matmul_dtypes_of_one_training_run(monkeypatch, tmp_path, fast_bf16):
     path.write_text(SMALL_TEXT)
     cfg = tiny_config(input=str(path), out_dir=str(tmp_path / "o"), max_iters=1, eval_iters=1, device="cpu")
     with Recorder() as rec:
-        cg.train(cfg, quiet=True)
+        cg.run(cfg, quiet=True)
     return rec.seen
 
 
@@ -388,15 +388,16 @@ def test_kv_cache_logits_equal_full_recomputation():
 def test_greedy_generation_with_cache_equals_without():
     model = tiny_model()
     prompt = torch.randint(20, (1, 5))
-    cached = cg.generate(model, prompt, 19, temperature=0)   # fills the window exactly
-    naive = cg.generate_naive(model, prompt, 19, temperature=0)
-    assert torch.equal(cached, naive)
+    naive = reference_generate(model, prompt, 19, 0, None, None)
+    for generate in (cg.generate, cg.generate_fast):
+        assert torch.equal(generate(model, prompt, 19, temperature=0), naive)   # fills the window exactly
 
 
 def test_generation_past_the_window_recomputes_from_a_cropped_context():
     model = tiny_model()
     prompt = torch.randint(20, (1, 5))
     out = cg.generate(model, prompt, 60, temperature=0)
+    assert torch.equal(out, cg.generate_fast(model, prompt, 60, temperature=0))
     assert out.shape == (1, 65) and torch.equal(out[:, :5], prompt)
     # the first character after the crop is the greedy choice given the last block_size // 2 characters
     first_after_crop = 5 + (24 - 5)  # cache full after prompt + 19 new characters: t = 24 is produced next
@@ -443,7 +444,7 @@ def test_forward_one_equals_the_model_bit_for_bit(settings):
 
 
 def reference_generate(model, idx, max_new_tokens, temperature, top_k, generator):
-    """The sampling loop generate implements, with no cache: the model re-reads the characters the cache
+    """The sampling loop generate and generate_fast implement, with no cache: the model re-reads the characters the cache
     would hold. They start at the last block_size of the prompt; when that context is full, it restarts
     from the last block_size // 2 characters."""
     T = model.block_size
@@ -457,18 +458,22 @@ def reference_generate(model, idx, max_new_tokens, temperature, top_k, generator
     return idx
 
 
+@pytest.mark.parametrize("generate", ["generate", "generate_fast"])
 @pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.8, 5)])
-def test_sampled_text_with_a_fixed_seed_equals_sampling_without_the_cache(temperature, top_k):
+def test_sampled_text_with_a_fixed_seed_equals_sampling_without_the_cache(generate, temperature, top_k):
+    """Both the plain loop (torch.multinomial, the model's forward) and the fast one (the exponential race,
+    forward_one) draw, bit for bit, the characters of the loop without a cache."""
+    generate = getattr(cg, generate)
     model = tiny_model()
     prompt = torch.randint(20, (2, 5), generator=torch.Generator().manual_seed(1))
     def seeded():
         return torch.Generator().manual_seed(7)
     # within the window (5 + 19 = 24 = block_size): the same as re-running the window every step
-    cached = cg.generate(model, prompt, 19, temperature, top_k, generator=seeded())
-    assert torch.equal(cached, cg.generate_naive(model, prompt, 19, temperature, top_k, generator=seeded()))
+    cached = generate(model, prompt, 19, temperature, top_k, generator=seeded())
+    assert torch.equal(cached, reference_generate(model, prompt, 19, temperature, top_k, seeded()))
     # past it, with a prompt longer than the window: cropped contexts, the same draws as the plain loop
     long_prompt = torch.randint(20, (2, 30), generator=torch.Generator().manual_seed(2))
-    cached = cg.generate(model, long_prompt, 70, temperature, top_k, generator=seeded())
+    cached = generate(model, long_prompt, 70, temperature, top_k, generator=seeded())
     expected = reference_generate(model, long_prompt, 70, temperature, top_k, seeded())
     assert cached.shape == (2, 100) and torch.equal(cached, expected)
 
@@ -477,8 +482,8 @@ def test_generate_leaves_the_thread_count_alone_and_returns_ordinary_ids():
     model = tiny_model()
     threads = torch.get_num_threads()
     seen = []
-    out = cg.generate(model, torch.zeros(1, 1, dtype=torch.long), 20, on_token=seen.append,
-                      generator=torch.Generator().manual_seed(0))
+    out = cg.generate_fast(model, torch.zeros(1, 1, dtype=torch.long), 20, on_token=seen.append,
+                           generator=torch.Generator().manual_seed(0))
     assert torch.get_num_threads() == threads  # it is one setting for the whole process: not generate's
     assert torch.equal(torch.cat(seen, dim=1), out[:, 1:])
     _, loss = model.train()(out[:, :-1], out[:, 1:])         # the ids can be trained on (no inference tensor)
@@ -638,7 +643,7 @@ def test_train_function_returns_history(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text(SMALL_TEXT)
     cfg = tiny_config(input=str(path), out_dir=str(tmp_path / "o"), max_iters=10, eval_interval=5, eval_iters=2)
-    result = cg.train(cfg, quiet=True)
+    result = cg.run(cfg, quiet=True)
     assert [row[0] for row in result["history"]] == [0, 5, 10]
     assert result["metrics"]["iters"] == 10
 
@@ -660,7 +665,7 @@ def test_a_float16_run_on_cpu_goes_through_the_grad_scaler(monkeypatch, tmp_path
     path.write_text(SMALL_TEXT)
     cfg = tiny_config(input=str(path), out_dir=str(tmp_path / "o"), max_iters=30, eval_interval=30, eval_iters=4,
                       dtype="float16", device="cpu", learning_rate=1e-2, warmup_iters=0)
-    result = cg.train(cfg, quiet=True)
+    result = cg.run(cfg, quiet=True)
     dtype, _, autocast, scaler = scalers[0]
     assert dtype == "float16" and autocast.fast_dtype == torch.float16
     assert scaler.is_enabled() and len(scaled) == 30              # every step's loss was multiplied up
@@ -675,11 +680,11 @@ DUMP_EACH_RANK = """
 import os, sys, torch
 sys.path.insert(0, {repo!r})
 import char_gpt as cg
-finish = cg.finish_run
-def finish_and_dump(run):  # each process writes the weights it ends with
-    torch.save(run.raw_model.state_dict(), os.path.join({dump!r}, f"rank{{run.rank}}.pt"))
-    return finish(run)
-cg.finish_run = finish_and_dump
+finish = cg.Books.finish
+def finish_and_dump(books, n_params):  # each process writes the weights it ends with
+    torch.save(books.model.state_dict(), os.path.join({dump!r}, f"rank{{books.rank}}.pt"))
+    return finish(books, n_params)
+cg.Books.finish = finish_and_dump
 cg.main(sys.argv[1:])
 """
 

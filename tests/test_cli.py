@@ -282,12 +282,12 @@ def test_resume_continues_bit_for_bit(script, optimizer, tmp_path, text_file):
     weights, optimizer states (moments, step counts, Muon's momentum), random-number states and data
     positions, bit for bit, and the same losses logged. A flat learning rate, so both share one schedule."""
     module = __import__(KIND[script])
-    module.train(tiny_config(module, script, tmp_path / "straight", text_file, max_iters=40,
+    module.run(tiny_config(module, script, tmp_path / "straight", text_file, max_iters=40,
                              optimizer=optimizer), quiet=True)
     parts = tmp_path / "parts"
-    module.train(tiny_config(module, script, parts, text_file, max_iters=20, optimizer=optimizer), quiet=True)
+    module.run(tiny_config(module, script, parts, text_file, max_iters=20, optimizer=optimizer), quiet=True)
     for budget in (30, 40):
-        module.train(tiny_config(module, script, parts, text_file, max_iters=budget, resume=True), quiet=True)
+        module.run(tiny_config(module, script, parts, text_file, max_iters=budget, resume=True), quiet=True)
     straight = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
     resumed = torch.load(parts / "ckpt.pt", weights_only=True)
     assert straight["iter"] == resumed["iter"] == 40
@@ -358,15 +358,14 @@ def test_a_checkpoint_save_that_fails_halfway_leaves_the_last_one_whole(script, 
     module = __import__(KIND[script])
     path = str(tmp_path / "ckpt.pt")
     first = {"kind": KIND[script], "config": {}, "itos": ["a"], "model": {"w": torch.ones(3)}, "iter": 1}
-    module.save_checkpoint(path, first)
+    module.write_atomically(path, lambda f: torch.save(first, f), "wb")
 
     def dies_halfway(state, f):              # writes some bytes, then the disk fills (or the power goes)
-        with open(f, "wb") as out:
-            out.write(b"PK\x03\x04 half a checkpoint")
+        f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(module.torch, "save", dies_halfway)
     with pytest.raises(OSError):
-        module.save_checkpoint(path, {**first, "iter": 2})
+        module.write_atomically(path, lambda f: module.torch.save({**first, "iter": 2}, f), "wb")
     monkeypatch.undo()
     assert_same(module.load_checkpoint(path), first)
 

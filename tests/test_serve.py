@@ -362,7 +362,7 @@ def in_process_server(checkpoint, monkeypatch):
     serve, chapter = module("serve"), module(script)
     monkeypatch.setattr(serve, "SOCKET_TIMEOUT", 0.5)
     drawn = []                                  # per generate call: [characters drawn, finished]
-    generate = chapter.generate
+    generate = chapter.generate_fast
 
     def counting_generate(*args, on_token=None, **kw):
         drawn.append([0, False])
@@ -375,7 +375,7 @@ def in_process_server(checkpoint, monkeypatch):
             return generate(*args, on_token=count, **kw)
         finally:
             mine[1] = True
-    monkeypatch.setattr(chapter, "generate", counting_generate)
+    monkeypatch.setattr(chapter, "generate_fast", counting_generate)
     model, itos = chapter.load_model(out_dir)
     cfg = serve.parse_args(["--out_dir", str(out_dir)])
     handler = serve.make_handler(chapter, model, itos, "cpu", cfg, {"kind": script}, serve.Turns(1))
