@@ -53,14 +53,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+
+# Copied from char_gpt.py
+class UsageError(Exception):
+    """A problem with the input or the flags: reported as one line, without a traceback."""
+
 # -----------------------------------------------------------------------------
 # 1. Data
 # -----------------------------------------------------------------------------
 # A character-level model reads text one character (Unicode code point) at a time. The vocabulary
 # is the sorted set of characters in the text; a character's id is its index in that list.
 
+# Copied from char_gpt.py
 def build_vocab(text):
-    """The sorted distinct characters of the text: ids 0..V-1."""
+    """The sorted distinct characters of the text: itos, with ids 0..V-1."""
     return sorted(set(text))
 
 
@@ -87,51 +93,12 @@ def decode(ids, itos):
 # The hidden state at the end of chunk k is where chunk k + 1 starts; after the last chunk that
 # fits, a new pass over the text begins, from a zero hidden state.
 
-# A big text: encode() makes a Python list, one 8-byte slot per character. The slots point to int
-# objects that already exist (each lookup returns stoi's own int), so no new int is made per character.
-# tracemalloc measures 8.4 bytes per character for 1M characters of input.txt: 100 MB of text would
-# need about 0.8 GB as a list, on top of the Python str itself. encode_text() does the same in NumPy, a
-# slice at a time: each character's code point (its UTF-32 value) indexes a lookup table whose entries
-# are the ids. The ids go in the smallest integer type that holds them: 1 byte per character for up to
-# 256 characters, 8x smaller than the list (int16 holds 32,768, int32 the rest); a chunk converts only
-# its own characters to int64 (get_chunk).
-
 # Copied from char_gpt.py
-def id_dtype(vocab_size):
-    return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 2**15 else np.int32
-
-
-def encode_text(text, stoi, slice_chars=2**22):
-    """encode(text, stoi) as a 1-D tensor of the smallest id type, without a Python int per character."""
-    codes = sorted(ord(c) for c in stoi)
-    # One entry per code point up to the largest in the vocabulary, plus one: that last entry stays -1,
-    # and every code point past the table is clamped onto it, so it too reads "not in the vocabulary".
-    table = np.full(codes[-1] + 2, -1, dtype=np.int32)       # code point -> id; -1: not in the vocabulary
-    table[codes] = [stoi[chr(c)] for c in codes]
-    ids = np.empty(len(text), dtype=id_dtype(len(stoi)))
-    for start in range(0, len(text), slice_chars):
-        cp = np.frombuffer(text[start:start + slice_chars].encode("utf-32-le"), dtype=np.uint32)
-        part = table[np.minimum(cp, len(table) - 1)]           # a code point past the table reads -1
-        if part.min() < 0:
-            missing = sorted(set(text) - set(stoi))
-            # UsageError (section 7a): a one-line error for bad input, with no traceback
-            raise UsageError(f"the text has characters the vocabulary lacks: {''.join(missing)!r}")
-        ids[start:start + len(part)] = part
-    return torch.from_numpy(ids)
-
-
-def split_data(text, stoi, batch_size, block_size):
-    """First 90% of the text to train on, last 10% to validate on: one long tensor of ids each."""
-    data = encode_text(text, stoi)
+def split_data(data):
+    """data: the text's ids, torch.tensor(encode(text, stoi)). The first 90% to train on, the last 10% to
+    validate on."""
     n = int(0.9 * len(data))
-    train, val = data[:n], data[n:]
-    need_per_split = batch_size * (block_size + 1)  # one chunk of every stream, plus the targets' extra character
-    need = math.ceil(need_per_split / 0.1)  # the 10% split must hold one chunk of every stream
-    if len(val) < need_per_split:
-        raise UsageError(f"the input has {len(text):,} characters, too short for --batch_size={batch_size} "
-                         f"streams of --block_size={block_size} (the 10% validation split needs one chunk "
-                         f"per stream): use at least {need:,} characters or a smaller --batch_size or --block_size")
-    return train, val
+    return data[:n], data[n:]
 
 
 def make_streams(data, batch_size):
@@ -408,8 +375,9 @@ class CharRNN(nn.Module):
         return logits, loss, hidden
 
 
+# Copied from char_gpt.py
 def count_params(model):
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
 
 
 # Aside: what --impl=fused runs. cuDNN on a GPU. On a CPU (torch.profiler, torch 2.13, float32), the LSTM
@@ -455,7 +423,7 @@ def train_step(model, optimizers, x, y, hidden, lr, grad_clip):
 # Weight decay pulls the matrices and the embedding toward 0, never the biases.
 # Precision: the parameters and activations are float32 on every device; on a CUDA GPU from Ampere on,
 # the matmuls multiply float32 numbers with TF32 (float32's range with a 10-bit mantissa), because
-# start_run, section 7e, turns it on. The recurrent matmuls are small (batch x hidden) and run one time
+# run(), section 8e, turns it on. The recurrent matmuls are small (batch x hidden) and run one time
 # step after another, so a lower precision such as bfloat16 would save little here.
 
 def make_optimizers(model, cfg):
@@ -492,11 +460,12 @@ def budget_progress(it, elapsed, cfg):
 # eval_interval iterations.
 
 @torch.no_grad()
-def estimate_loss(model, splits, cfg, device):
+def estimate_loss(model, splits, cfg):
     """Mean loss over the first eval_iters chunks of each split's streams, carrying the hidden state
     from a zero start. The same characters every time and no random numbers drawn, so successive
     evaluations differ only because the model changed, and training's random state is left alone."""
     model.eval()
+    device = next(model.parameters()).device
     out = {}
     for name, streams in splits.items():
         hidden, losses = None, []
@@ -534,34 +503,36 @@ def evaluate_text(model, data, block_size, device):
 # 5e. The training loop. Each iteration reads the next chunk of every stream, starting from the hidden
 # state the previous chunk ended with, detached: truncated backpropagation through time, so the graph and
 # the memory stay one chunk long (section 3). After the last chunk that fits, a new pass over the text
-# starts from a zero state. Every eval_interval iterations, and when the budget is spent, evaluate, log
-# and save a checkpoint. Ctrl-C does not cut a step in half: it sets run.stop, and the loop saves and
-# stops after the step it is in. `run` holds the model, streams and optimizers; start_run builds it
-# (section 7e).
+# starts from a zero state. Every eval_interval iterations, and when the budget is spent, estimate the
+# losses on both splits. The budget counts training seconds: the time of the steps, not of the
+# evaluations. `books` (section 8e) keeps the run's books, in two calls: `evaluated` prints and logs the
+# losses and saves a checkpoint (with the stream position and hidden state, so a resumed run reads on
+# from there); `stepped` prints a progress line every log_interval iterations and says whether to stop
+# early (Ctrl-C). Delete those two lines and this still trains. A resumed run starts from the iteration,
+# seconds, chunk and hidden state its checkpoint holds; a fresh one from 0 and a zero state.
 
-def train(cfg, quiet=False):
-    """Train a recurrent network as cfg says. Returns a dict: model, itos, history (rows of log.csv),
-    metrics, device."""
-    run = start_run(cfg, quiet)
-    cfg = run.cfg  # with the device's defaults filled in
-    with bookkeeping(run):
-        while True:
-            progress = budget_progress(run.it, run.clock.local(), cfg)
-            done = progress >= 1.0
-            if (run.it % cfg.eval_interval == 0 and run.it != run.evaluated_at) or done:
-                evaluate_and_save(run)
-            if done or stop_requested(run):
-                break
-            lr = get_lr(run.it, progress, cfg)
-            x, y = get_chunk(run.train_streams, run.chunk, cfg.block_size)
-            loss, hidden = train_step(run.model, run.optimizers, x.to(run.device), y.to(run.device), run.hidden, lr,
-                                      cfg.grad_clip)
-            run.it, run.chunk, run.hidden = run.it + 1, run.chunk + 1, detach_hidden(hidden)
-            if run.chunk == run.n_chunks:
-                run.chunk, run.hidden = 0, None
-            if run.it % cfg.log_interval == 0:
-                log_progress(run, loss, lr, progress)
-    return finish_run(run)
+def train(model, optimizers, splits, cfg, books):
+    """Train until the budget is spent or a stop is asked for. splits: {"train": streams, "val": streams}."""
+    device = next(model.parameters()).device
+    n_chunks = chunks_per_pass(splits["train"], cfg.block_size)
+    it, seconds, stop = books.it, books.seconds, False
+    chunk, hidden = books.carry["chunk"], books.carry["hidden"]
+    while True:
+        progress = budget_progress(it, seconds, cfg)
+        if it % cfg.eval_interval == 0 or progress >= 1:
+            losses = estimate_loss(model, splits, cfg)
+            books.evaluated(it, seconds, losses, chunk=chunk, hidden=hidden)
+        if progress >= 1 or stop:
+            return
+        t = time.perf_counter()
+        lr = get_lr(it, progress, cfg)
+        x, y = get_chunk(splits["train"], chunk, cfg.block_size)
+        loss, hidden = train_step(model, optimizers, x.to(device), y.to(device), hidden, lr, cfg.grad_clip)
+        chunk, hidden = chunk + 1, detach_hidden(hidden)
+        if chunk == n_chunks:                        # the end of a pass: a new one, from a zero state
+            chunk, hidden = 0, None
+        it, seconds = it + 1, seconds + time.perf_counter() - t
+        seconds, stop = books.stepped(it, seconds, loss, lr, progress, chunk=chunk, hidden=hidden)
 
 
 # -----------------------------------------------------------------------------
@@ -573,15 +544,26 @@ def train(cfg, quiet=False):
 # model that reads a fixed window of past characters, there is no window to outgrow: each new character
 # costs one step of the cells, forever.
 
+# Copied from char_gpt.py
+def probabilities(logits, temperature, top_k):
+    """logits: (B, V) -> p (B, V) on the CPU, in float32: softmax(logits / temperature) over the top_k."""
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[:, -1:]                      # (characters tied with the
+        logits = logits.masked_fill(logits < kth, float("-inf"))            # k-th stay in too)
+    # The random numbers come from one CPU generator, whatever the model's device: a seed gives the same
+    # random numbers on a CPU and a GPU. (The text can still differ: the two compute the logits with
+    # different kernels, which round differently in the last bits, and a near tie can then fall the
+    # other way.)
+    return F.softmax(logits.float(), dim=-1).cpu()
+
+
+# Copied from char_gpt.py
 def sample_next(logits, temperature, top_k, generator=None):
     """logits: (B, V) -> ids (B, 1). temperature 0 means greedy (always the most likely)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits.float(), dim=-1).cpu()  # draw on the CPU: one generator for every device
+    probs = probabilities(logits, temperature, top_k)
     return torch.multinomial(probs, 1, generator=generator).to(logits.device)
 
 
@@ -600,25 +582,87 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=N
 
 
 # -----------------------------------------------------------------------------
-# 7. Running it: the command line, checks, checkpoints, the clock, progress lines, main.
-#    The machinery around the lesson; a reader may skip it.
+# 7. Making it fast
 # -----------------------------------------------------------------------------
+# The fused cells (--impl=fused, section 4a) are this chapter's main speed-up. Two more: a big text's
+# encoding, and the CPU settings of sampling. The command line (section 8) uses them.
+#
+# 7a. Encoding a big text. encode() makes a Python list: one 8-byte slot per character, pointing to
+# stoi's own int objects, so a 100 MB text would need about 0.8 GB as a list, on top of the Python str.
+# encode_text() computes the same ids in NumPy, a slice at a time: each character's code point (its
+# UTF-32 value) indexes a lookup table whose entries are the ids. The ids go in the smallest integer type
+# that holds them: 1 byte per character for up to 256 characters (int16 holds 32,768, int32 the rest);
+# a chunk converts only its own characters to int64 (get_chunk).
 
-# 7a. Configuration: every knob once, its default and its meaning side by side; --help is built from
-# them. A default of None means "chosen for the device" (DEVICE_DEFAULTS below): a laptop CPU and a GPU
-# want different models.
+# Copied from char_gpt.py
+def id_dtype(vocab_size):
+    return np.uint8 if vocab_size <= 256 else np.int16 if vocab_size <= 2**15 else np.int32
+
+
+# Copied from char_gpt.py
+def encode_text(text, stoi, slice_chars=2**22):
+    """torch.tensor(encode(text, stoi)) in the smallest id type, without a Python int per character."""
+    codes = sorted(ord(c) for c in stoi)
+    # code point -> id; -1: not in the vocabulary. One slot past the last code point, so np.minimum below
+    # can send every larger code point there.
+    table = np.full(codes[-1] + 2, -1, dtype=np.int32)
+    table[codes] = [stoi[chr(c)] for c in codes]
+    ids = np.empty(len(text), dtype=id_dtype(len(stoi)))
+    for start in range(0, len(text), slice_chars):
+        cp = np.frombuffer(text[start:start + slice_chars].encode("utf-32-le"), dtype=np.uint32)
+        part = table[np.minimum(cp, len(table) - 1)]           # a code point past the table reads -1
+        if part.min() < 0:
+            missing = sorted(set(text) - set(stoi))
+            raise UsageError(f"the text has characters the vocabulary lacks: {''.join(missing)!r}")
+        ids[start:start + len(part)] = part
+    return torch.from_numpy(ids)
+
+
+# 7b. Sampling's CPU settings, and the sampler the command line and serve.py call: here the plain one.
+
+# Copied from char_gpt.py
+SMALL_STEP = 250_000  # parameters: below this, sampling takes one thread
+
+
+# Copied from char_gpt.py
+@contextmanager
+def sampling_settings(model):
+    """Run the block with the CPU settings that suit one-character steps, then restore them.
+    Threads: torch can split one operation over several threads. A small model's step is too small to
+    share: the hand-off costs more than the second core saves, so below SMALL_STEP parameters it gets one
+    thread; a larger model keeps them all (RESULTS.md, "Sampling", has the crossover on each CPU kind).
+    oneDNN off: torch hands some CPU operations (GELU, the fused LSTM and GRU) to Intel's oneDNN library
+    (torch calls it mkldnn, its old name), whose set-up costs more per call than a one-character step
+    through torch's own kernels. The two can round differently in the last bit, so the same seed can,
+    rarely, draw another character with and without these settings; the command line and the server both
+    use them. (On a GPU neither setting matters.) Both settings are global, for every thread of the
+    process: serve.py, whose requests sample in threads at once, enters this once around all its serving."""
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    if sum(p.numel() for p in model.parameters()) < SMALL_STEP:
+        torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn
+
+
+generate_fast = generate  # char_gpt.py has a second, faster form of its sampler; one step of the cells needs none
+
+
+# -----------------------------------------------------------------------------
+# 8. Running it: the command line, checks, checkpoints, the run's books, main. Machinery around the
+#    lesson; a reader may skip it.
+# -----------------------------------------------------------------------------
+# 8a. Configuration: every knob once, its default and its meaning side by side; --help is built from
+# them. A default of None means "chosen for the device" (DEVICE_DEFAULTS below).
 
 KIND = "char_rnn"  # written into checkpoints, so char_gpt.py's checkpoints are told apart
 
 
 # Copied from char_gpt.py
-class UsageError(Exception):
-    """A problem with the input or the flags: reported as one line, without a traceback."""
-
-
-# Copied from char_gpt.py
 def knob(default, help):
-    """A Config field: its default and its --help text side by side."""
     return field(default=default, metadata={"help": help})
 
 
@@ -631,13 +675,11 @@ class Config:
     seed: int = knob(1337, "random seed (initialisation, dropout, sampling)")
     # how long to train: whichever limit comes first (no limit set: --max_seconds for the device)
     max_iters: int | None = knob(None, "stop after this many iterations")
-    max_seconds: float | None = knob(None, "stop after this many seconds of training (evaluation not "
-                                           "counted); the learning rate decays over this budget. Used when "
-                                           "neither limit is given")
+    max_seconds: float | None = knob(None, "stop after this many seconds of training (evaluation not counted); "
+                                           "the learning rate decays over this budget")
     eval_interval: int | None = knob(None, "evaluate train/val loss and save a checkpoint every N iterations")
     eval_iters: int = knob(20, "chunks averaged for each evaluated loss (the first chunks of each split)")
-    eval_sample: bool = knob(True, "print a one-line sample (80 characters, fixed seed) at each evaluation, to "
-                                   "watch the text improve")
+    eval_sample: bool = knob(True, "print a one-line sample (80 characters, fixed seed) at each evaluation")
     log_interval: int = knob(50, "print a progress line every N iterations")
     # data and model
     cell: str = knob("lstm", "the recurrent cell: rnn (vanilla, tanh), lstm or gru (--model is the same flag)")
@@ -653,17 +695,13 @@ class Config:
     optimizer: str = knob("adamw", "adamw, the only choice here (char_gpt.py also has muon)")
     learning_rate: float | None = knob(None, "peak learning rate")
     min_lr: float | None = knob(None, "learning rate at the end of the cosine decay")
-    warmup_iters: int = knob(100, "iterations of linear warm-up: iteration i (from 0) scales the cosine "
-                                  "schedule's rate by min(1, (i + 1) / warmup_iters), so training starts at "
-                                  "1/warmup_iters of it (0: no warm-up)")
+    warmup_iters: int = knob(100, "iterations of linear warm-up (0: none)")
     weight_decay: float = knob(0.1, "weight decay, applied to weight matrices and embedding tables only")
     grad_clip: float = knob(1.0, "clip the gradient norm to this (0: off)")
     # resuming and sampling
     resume: bool = knob(False, "continue training from out_dir/ckpt.pt (its model shape and optimizer win over "
-                               "the flags). With the same --max_iters/--max_seconds the run continues the same "
-                               "learning-rate curve; a larger budget stretches the cosine over the new budget, "
-                               "so the rate rises again")
-    eval_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print its loss on the whole val split "
+                               "the flags); a larger budget stretches the cosine over the new budget")
+    eval_only: bool = knob(False, "do not train: print the loss of out_dir/ckpt.pt on the whole val split "
                                   "(the last tenth) of --input, every character predicted once")
     sample_only: bool = knob(False, "do not train: load out_dir/ckpt.pt and print samples")
     prompt: str = knob("\n", "text the samples continue (it primes the hidden state)")
@@ -673,27 +711,14 @@ class Config:
     top_k: int | None = knob(None, "sample only from the k most likely characters (None: all)")
 
 
-# The defaults of the fields left at None, per device. cpu: the best val loss we measured in a few
-# minutes on 2 cores; in 5 minutes one layer of 256 beat two layers of 256 and one of 384 or 512
-# (more steps beat more capacity at this budget; README, "Results"). gpu (cuda or mps): a deeper,
-# wider stack, not tuned.
+# The defaults of the fields left at None, per device; RESULTS.md has the runs that chose them.
 DEVICE_DEFAULTS = {
     "cpu": dict(max_seconds=300, eval_interval=250, impl="fused", batch_size=32, block_size=64, n_layer=1,
                 n_embd=256, dropout=0.0, learning_rate=3e-3, min_lr=3e-4),
     "gpu": dict(max_seconds=90, eval_interval=250, impl="fused", batch_size=128, block_size=128, n_layer=3,
                 n_embd=512, dropout=0.2, learning_rate=2e-3, min_lr=2e-4),
 }
-
-IMPLS = ("scratch", "fused")
-
-
-# Copied from char_gpt.py
-def parse_bool(s):
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+SHAPE = ("cell", "batch_size", "block_size", "n_layer", "n_embd", "dropout", "optimizer")  # a resume keeps these
 
 
 # Copied from char_gpt.py
@@ -703,89 +728,70 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 # Copied from char_gpt.py
-def flag_type(t):
-    """int -> int; int | None -> int (None is the "not given" default)."""
-    return t if isinstance(t, type) else next(a for a in typing.get_args(t) if a is not type(None))
+def parse_bool(s):
+    if s.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+    return s.lower() in ("1", "true", "yes", "on")
 
 
 def parse_args(argv=None) -> Config:
     """Flags mirror the Config fields: --name=value or --name value; a bare --resume means true."""
     parser = OneLineParser(description=__doc__.split("\n")[0])
-    choices = {"cell": tuple(CELLS), "impl": IMPLS}
+    choices = {"cell": tuple(CELLS), "impl": ("scratch", "fused")}
     for f in fields(Config):
-        typ = flag_type(f.type)
-        if f.name in DEVICE_DEFAULTS["cpu"]:
-            default = f"cpu {DEVICE_DEFAULTS['cpu'][f.name]}, gpu {DEVICE_DEFAULTS['gpu'][f.name]}"
-        else:
-            default = repr(f.default)
-        extra = dict(type=parse_bool, nargs="?", const=True) if typ is bool else dict(type=typ)
+        kind = next(t for t in (typing.get_args(f.type) or (f.type,)) if t is not type(None))  # int | None: int
+        default = (f"cpu {DEVICE_DEFAULTS['cpu'][f.name]}, gpu {DEVICE_DEFAULTS['gpu'][f.name]}"
+                   if f.name in DEVICE_DEFAULTS["cpu"] else repr(f.default))
+        extra = dict(type=parse_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
         names = [f"--{f.name}"] + (["--model"] if f.name == "cell" else [])  # --model: the older name
         parser.add_argument(*names, default=f.default, choices=choices.get(f.name),
                             help=f"{f.metadata['help']} (default: {default})", **extra)
     return Config(**vars(parser.parse_args(argv)))
 
 
-# 7b. The device, and every flag checked before any work starts.
-
 # Copied from char_gpt.py
 def pick_device(name):
-    if name != "auto" and not (name in ("cpu", "cuda", "mps") or name.startswith("cuda:")):
+    if name not in ("auto", "cpu", "cuda", "mps") and not name.startswith("cuda:"):
         raise UsageError(f"--device={name} is not one of auto, cpu, cuda, cuda:N, mps")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device={name} but no CUDA GPU is visible: use --device=cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device=mps but MPS is not available: use --device=cpu")
     if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"--device={name} but no CUDA GPU is visible: use --device=cpu")
-        if name == "mps" and not torch.backends.mps.is_available():
-            raise UsageError("--device=mps but MPS is not available: use --device=cpu")
         return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 
 
-# Copied from char_gpt.py
 def fill_defaults(cfg: Config, device: str) -> Config:
-    """Replace each None by the default for this device, then check the sizes make sense."""
-    defaults = DEVICE_DEFAULTS["cpu" if device == "cpu" else "gpu"]
+    """Replace each None by the default for this device, then check every flag before any work starts."""
+    defaults = DEVICE_DEFAULTS["cpu" if device.startswith("cpu") else "gpu"]
     for name, value in defaults.items():
         if getattr(cfg, name) is None and name != "max_seconds":
             setattr(cfg, name, value)
     if cfg.max_iters is None and cfg.max_seconds is None:  # --max_iters alone means: no time limit
         cfg.max_seconds = defaults["max_seconds"]
     cfg.min_lr = min(cfg.min_lr, cfg.learning_rate)  # a lowered --learning_rate lowers the floor too
-    check_config(cfg)
-    return cfg
-
-
-def check_config(cfg: Config):
-    """Every flag checked before any work starts: a typo should not cost a training run."""
     for name in ("batch_size", "block_size", "n_layer", "n_embd", "eval_interval", "eval_iters", "log_interval"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name}={getattr(cfg, name)} must be at least 1")
-    for name in ("max_iters", "max_seconds"):
+    for name in ("max_iters", "max_seconds", "learning_rate"):
         if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
             raise UsageError(f"--{name}={getattr(cfg, name)} must be positive")
     if not 0 <= cfg.dropout < 1:
         raise UsageError(f"--dropout={cfg.dropout} must be in [0, 1)")
-    if cfg.learning_rate <= 0:
-        raise UsageError(f"--learning_rate={cfg.learning_rate} must be positive")
     if cfg.min_lr < 0:
         raise UsageError(f"--min_lr={cfg.min_lr} must be at least 0")
     if cfg.optimizer != "adamw":
         raise UsageError(f"--optimizer={cfg.optimizer}: {KIND}.py trains with adamw only "
                          "(Muon is char_gpt.py's, tuned for Transformer blocks)")
     check_sample_flags(cfg)
-
-
-# Copied from char_gpt.py
-def check_mode(cfg: Config):
-    if cfg.eval_only + cfg.sample_only + cfg.resume > 1:
-        raise UsageError("--eval_only, --sample_only and --resume exclude each other: give one")
+    return cfg
 
 
 # Copied from char_gpt.py
 def check_sample_flags(cfg: Config):
+    if cfg.eval_only + cfg.sample_only + cfg.resume > 1:
+        raise UsageError("--eval_only, --sample_only and --resume exclude each other: give one")
     if cfg.max_new_tokens < 1 or cfg.num_samples < 1 or cfg.temperature < 0:
         raise UsageError("--max_new_tokens and --num_samples must be at least 1, --temperature at least 0")
     if cfg.top_k is not None and cfg.top_k < 1:
@@ -802,7 +808,7 @@ def check_prompt(prompt, stoi):
                          "use characters from the training text")
 
 
-# 7c. Reading the text, with a one-line error for each way it can fail.
+# 8b. Reading the text, with a one-line error for each way it can fail.
 
 # Copied from char_gpt.py
 def read_text(path):
@@ -818,31 +824,42 @@ def read_text(path):
                          "convert it, e.g. iconv -t utf-8") from None
     except OSError as e:
         raise UsageError(f"cannot read input file {path} ({e.strerror}): check the path and its permissions") from None
-    if not text:
-        raise UsageError(f"input file {path} is empty: give it some text to learn from")
-    if text.isspace():
-        raise UsageError(f"input file {path} holds only whitespace: give it some text to learn from")
+    if not text or text.isspace():
+        raise UsageError(f"input file {path} is empty or holds only whitespace: give it some text to learn from")
     return text
 
 
-# 7d. Checkpoints. torch.save writes a pickle; loading an arbitrary pickle can run code, so we store
-# only tensors and plain Python values and load with weights_only=True. A checkpoint is written to
-# a temporary file and then renamed: the rename is atomic, so a crash mid-write keeps the old one.
-# Besides the weights, it holds where the streams are and the carried hidden state, so a resumed
-# run continues exactly where it stopped.
+def read_data(cfg, itos=None):
+    """The text's ids, split 90/10 and each cut into batch_size streams, and its vocabulary (itos: a
+    checkpoint's, to resume with)."""
+    text = read_text(cfg.input)
+    itos = itos or build_vocab(text)
+    data = encode_text(text, {c: i for i, c in enumerate(itos)})                         # section 7a
+    need = cfg.batch_size * (cfg.block_size + 1)  # one chunk of every stream, plus the targets' extra character
+    if len(data) - int(0.9 * len(data)) < need:
+        raise UsageError(f"the input has {len(text):,} characters, too short for --batch_size={cfg.batch_size} "
+                         f"streams of --block_size={cfg.block_size} (the 10% validation split needs one chunk "
+                         f"per stream): use at least {math.ceil(need / 0.1):,} characters or a smaller "
+                         "--batch_size or --block_size")
+    return [make_streams(split, cfg.batch_size) for split in split_data(data)], itos
+
+
+# 8c. Checkpoints and outputs. torch.save writes a pickle, and loading an arbitrary pickle can run
+# code, so we store only tensors and plain Python values and load with weights_only=True. Every file is
+# written to a temporary name and then renamed: the rename is atomic, so a crash mid-write keeps the old one.
 
 # Copied from char_gpt.py
-def save_checkpoint(path, state):
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def write_atomically(path, write, mode="w"):
+    """write(f) to a temporary file, then rename it to path."""
+    with open(path + ".tmp", mode, **({} if "b" in mode else {"newline": ""})) as f:
+        write(f)
+    os.replace(path + ".tmp", path)
 
 
 # Copied from char_gpt.py
 def load_checkpoint(path):
     if not os.path.exists(path):
-        raise UsageError(f"no checkpoint at {path}: train first (python {KIND}.py) "
-                         "or point --out_dir at a run")
+        raise UsageError(f"no checkpoint at {path}: train first (python {KIND}.py) or point --out_dir at a run")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -861,223 +878,32 @@ def load_checkpoint(path):
     return ckpt
 
 
-def hidden_to(hidden, device):
-    if hidden is None:
-        return None
-    return tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
-
-
 # Copied from char_gpt.py
 def prepare_out_dir(out_dir):
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write_test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
+        write_atomically(os.path.join(out_dir, ".write_test"), lambda f: None)
+        os.remove(os.path.join(out_dir, ".write_test"))
     except OSError as e:
-        raise UsageError(f"cannot write to --out_dir={out_dir} ({e.strerror}): "
-                         "choose a writable folder") from None
-
-
-# The log is written as the run goes: one row per evaluation, appended and flushed, and the plot redrawn,
-# so a run killed at any moment leaves every evaluation made so far. Columns: the losses in nats, then in
-# bits per character (loss / ln 2).
-# Copied from char_gpt.py
-LOG_COLUMNS = ["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s", "train_bpc", "val_bpc"]
+        raise UsageError(f"cannot write to --out_dir={out_dir} ({e.strerror}): choose a writable folder") from None
 
 
 # Copied from char_gpt.py
-def log_row(row):
-    return [*row, round(row[1] / math.log(2), 4), round(row[2] / math.log(2), 4)]
-
-
-# Copied from char_gpt.py
-def start_log(out_dir, history):
-    """A new log.csv: the header, and the rows a resumed checkpoint already holds."""
-    path = os.path.join(out_dir, "log.csv")
-    with open(path + ".tmp", "w", newline="") as f:
-        csv.writer(f).writerows([LOG_COLUMNS, *map(log_row, history)])
-    os.replace(path + ".tmp", path)
-
-
-# Copied from char_gpt.py
-def append_log(out_dir, history):
-    with open(os.path.join(out_dir, "log.csv"), "a", newline="") as f:
-        csv.writer(f).writerow(log_row(history[-1]))
-    plot_losses(history, os.path.join(out_dir, "loss.png"))
-
-
-# Copied from char_gpt.py
-def plot_losses(history, path):
+def write_log(out_dir, history):
+    """log.csv, one row per evaluation (losses in nats, then bits per character), and loss.png: rewritten
+    at every evaluation, so a run killed at any moment leaves every evaluation made so far."""
     from matplotlib.figure import Figure  # not pyplot: drawing to a file leaves a notebook's plots alone
-    its = [row[0] for row in history]
+    rows = [["iter", "train_loss", "val_loss", "elapsed_s", "tokens_per_s", "train_bpc", "val_bpc"]]
+    rows += [[*row, round(bpc(row[1]), 4), round(bpc(row[2]), 4)] for row in history]
+    write_atomically(os.path.join(out_dir, "log.csv"), lambda f: csv.writer(f).writerows(rows))
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.plot(its, [row[1] for row in history], label="train")
-    ax.plot(its, [row[2] for row in history], label="val")
+    for col, label in ((1, "train"), (2, "val")):
+        ax.plot([row[0] for row in history], [row[col] for row in history], label=label)
     ax.set(xlabel="iteration", ylabel="loss (nats per character)", title=f"{KIND}: loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=100)  # then renamed: a reader never sees half a picture
-    os.replace(path + ".tmp.png", path)
-
-
-# 7e. The clock, and the run around the loop of section 5e. The budget counts training time only: the
-# Clock leaves evaluation out.
-
-class Clock:
-    """Training time: seconds since the start, less the time spent evaluating, plus the seconds
-    trained before a resume."""
-
-    def __init__(self, offset=0.0):
-        self.offset = offset
-        self.start = time.perf_counter()
-        self.paused_for = 0.0
-        self.last_lap = offset
-
-    def local(self):
-        return self.offset + time.perf_counter() - self.start - self.paused_for
-
-    def lap(self):
-        """Training seconds since the last lap."""
-        now = self.local()
-        seconds, self.last_lap = now - self.last_lap, now
-        return seconds
-
-    @contextmanager
-    def paused(self):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.paused_for += time.perf_counter() - t
-
-
-# Copied from char_gpt.py
-def fmt_seconds(s):
-    return f"{int(s // 60)}m{int(s % 60):02d}s"
-
-
-# Setting up a run and keeping its books, around the loop of section 5e.
-
-class Run:
-    """Everything the training loop (section 5e) reads and updates, built by start_run."""
-
-
-def start_run(cfg, quiet=False):
-    run = Run()
-    run.say = (lambda *a, **k: None) if quiet else print
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        raise UsageError(f"{KIND}.py runs in one process: start it with python, not torchrun")
-    run.device = device = pick_device(cfg.device)
-    device_type = device.split(":")[0]
-    run.ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = load_checkpoint(run.ckpt_path) if cfg.resume else None
-    if ckpt and "optimizers" not in ckpt:  # an older layout: one optimizer state, not a list
-        raise UsageError(f"{run.ckpt_path} comes from an older {KIND}.py and cannot be resumed: "
-                         "train again with another --out_dir (--sample_only still works on this one)")
-    if ckpt:  # the model's shape and optimizer come from the checkpoint; budget, logging and impl from the flags
-        for name in ("cell", "batch_size", "block_size", "n_layer", "n_embd", "dropout", "optimizer"):
-            setattr(cfg, name, with_new_names(ckpt["config"])[name])
-    run.cfg = cfg = fill_defaults(cfg, device_type)
-    prepare_out_dir(cfg.out_dir)
-
-    # data
-    text = read_text(cfg.input)
-    run.itos = ckpt["itos"] if ckpt else build_vocab(text)
-    stoi = {c: i for i, c in enumerate(run.itos)}
-    try:
-        train_data, val_data = split_data(text, stoi, cfg.batch_size, cfg.block_size)
-    except UsageError as e:
-        if not ckpt:
-            raise
-        raise UsageError(f"{cfg.input}: {e}; resume on the text it was trained on") from None
-    del text  # a big text: keep only its ids
-    check_prompt(cfg.prompt, stoi)  # the sample comes after training: fail now, not in 5 minutes
-    run.train_streams = make_streams(train_data, cfg.batch_size)             # (B, N)
-    run.val_streams = make_streams(val_data, cfg.batch_size)
-    run.n_chunks = chunks_per_pass(run.train_streams, cfg.block_size)
-
-    # model and optimizers
-    torch.manual_seed(cfg.seed)
-    run.model = CharRNN(cfg, len(run.itos)).to(device)
-    run.optimizers = make_optimizers(run.model, cfg)
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range with a 10-bit mantissa
-        torch.backends.cudnn.allow_tf32 = True
-    run.it, run.best_val, run.history, run.chunk, run.hidden = 0, float("inf"), [], 0, None
-    run.evaluated_at, run.stop = None, False
-    if ckpt:
-        resume_from(run, ckpt)
-    start_log(cfg.out_dir, run.history)
-    run.n_params = count_params(run.model)
-    run.say(f"{KIND}: {cfg.cell} ({cfg.impl}), {run.n_params:,} parameters, vocabulary {len(run.itos)}, "
-            f"{len(train_data):,} training characters, device {device}; float32: {KIND}.py trains in float32 "
-            "everywhere")
-    run.tokens_per_iter = cfg.batch_size * cfg.block_size
-    run.clock = Clock(offset=ckpt["train_seconds"] if ckpt else 0.0)
-    run.it_start, run.it_log, run.tokens_per_s = run.it, run.it, 0.0
-    return run
-
-
-def resume_from(run, ckpt):
-    run.model.load_state_dict(ckpt["model"])
-    for opt, state in zip(run.optimizers, ckpt["optimizers"], strict=True):
-        opt.load_state_dict(state)
-    run.it, run.best_val, run.history = ckpt["iter"], ckpt["best_val_loss"], [tuple(r) for r in ckpt["history"]]
-    run.evaluated_at = run.history[-1][0] if run.history else None  # not evaluated twice
-    run.chunk, run.hidden = ckpt["chunk"], hidden_to(ckpt["hidden"], run.device)
-    torch.set_rng_state(ckpt["rng"])
-    if budget_progress(run.it, ckpt["train_seconds"], run.cfg) >= 1:
-        raise UsageError(f"the checkpoint has already trained {run.it} iterations ({ckpt['train_seconds']:.0f} s), "
-                         "the whole budget: raise --max_iters or --max_seconds to train more")
-
-
-def save_run(run):
-    """A checkpoint with everything needed to continue exactly where we are: on a CPU, bit for bit (the CPU's
-    random state is saved; a GPU's is not, so there dropout draws afresh after a resume)."""
-    save_checkpoint(run.ckpt_path, {
-        "kind": KIND, "config": asdict(run.cfg), "itos": run.itos, "iter": run.it, "best_val_loss": run.best_val,
-        "model": run.model.state_dict(), "optimizers": [opt.state_dict() for opt in run.optimizers],
-        "rng": torch.get_rng_state(), "chunk": run.chunk, "hidden": hidden_to(run.hidden, "cpu"),
-        "history": run.history, "train_seconds": run.clock.local()})
-
-
-# Copied from char_gpt.py
-def check_finite(loss, it):
-    if not math.isfinite(loss):  # stop before a NaN reaches a checkpoint: the last good one stays
-        raise UsageError(f"the loss became {loss} at iteration {it}: lower --learning_rate or keep --grad_clip on")
-
-
-def evaluate_and_save(run):
-    """Evaluate (not counted as training time), print and log the losses, save a checkpoint."""
-    with run.clock.paused():
-        losses = estimate_loss(run.model, {"train": run.train_streams, "val": run.val_streams}, run.cfg, run.device)
-    check_finite(losses["val"], run.it)
-    run.best_val, run.evaluated_at = min(run.best_val, losses["val"]), run.it
-    run.history.append((run.it, round(losses["train"], 4), round(losses["val"], 4), round(run.clock.local(), 1),
-                        round(run.tokens_per_s)))
-    run.say(f"eval iter {run.it}: train loss {losses['train']:.4f} ({bpc(losses['train']):.3f} bpc), "
-            f"val loss {losses['val']:.4f} ({bpc(losses['val']):.3f} bpc)")
-    if run.cfg.eval_sample:
-        with run.clock.paused():
-            run.say(f"  sample: {sample_line(run.model, run.itos, run.device)}")
-    save_run(run)
-    append_log(run.cfg.out_dir, run.history)
-
-
-# Copied from char_gpt.py
-def sample_line(model, itos, device, n=80):
-    """n characters from the model (seed 0, temperature 0.8), line breaks shown as " / ": one line, so an
-    evaluation's losses and its sample stand together in the log. The model is put back in training mode."""
-    stoi = {c: i for i, c in enumerate(itos)}
-    prompt = "\n" if "\n" in stoi else itos[0]
-    idx = torch.tensor([encode(prompt, stoi)], device=device)
-    with sampling_settings(model):
-        out = generate(model, idx, n, temperature=0.8, generator=torch.Generator().manual_seed(0))
-    model.train()
-    return decode(out[0, 1:].tolist(), itos).replace("\n", " / ")
+    write_atomically(os.path.join(out_dir, "loss.png"), lambda f: fig.savefig(f, dpi=100, format="png"), "wb")
 
 
 # Copied from char_gpt.py
@@ -1085,69 +911,190 @@ def bpc(loss):
     return loss / math.log(2)
 
 
-def log_progress(run, loss, lr, progress):
-    """A progress line: loss, speed, learning rate, time left."""
-    lossf = loss.item()  # on a GPU this waits for the step: only every log_interval
-    check_finite(lossf, run.it)
-    dt = run.clock.lap() / (run.it - run.it_log)
-    run.it_log, run.tokens_per_s = run.it, run.tokens_per_iter / dt
-    elapsed = run.clock.local()
-    left = elapsed / progress - elapsed if progress > 0 else 0.0
-    run.say(f"iter {run.it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {run.tokens_per_s:,.0f} tok/s"
-            f" | lr {lr:.2e} | {fmt_seconds(left)} left")
+# 8e. The books, kept beside the loop of section 5e: the iteration count and training seconds, the losses
+# (log.csv, loss.png), checkpoints, progress lines, and stopping. The first Ctrl-C (SIGINT), or the SIGTERM
+# a job scheduler sends, only asks to stop: the loop finishes its step, and finish() saves. Cut mid-step, a
+# checkpoint could hold a model the optimizer has half updated. A second Ctrl-C stops
+# at once; the last checkpoint written stays as it was. A checkpoint continues exactly where the run was: on
+# a CPU bit for bit (the CPU's random state is saved; a GPU's is not, so there dropout draws afresh).
 
+# Copied from char_gpt.py
+class Books:
+    def __init__(self, cfg, model, optimizers, itos, ckpt=None, say=print, rank=0, world=1, **carry):
+        self.cfg, self.model, self.optimizers, self.itos = cfg, model, optimizers, itos
+        self.rank, self.world = rank, world
+        self.say = say if rank == 0 else (lambda *a, **k: None)              # one process talks
+        self.carry = carry  # what else the loop carries from step to step, saved with each checkpoint
+        self.device = next(model.parameters()).device
+        self.path = os.path.join(cfg.out_dir, "ckpt.pt")
+        self.it, self.seconds, self.history, self.best_val, self.stop = 0, 0.0, [], float("inf"), False
+        if ckpt:  # the model's weights, the optimizers' states, the random state, the books so far
+            model.load_state_dict(ckpt["model"])
+            for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
+                opt.load_state_dict(state)
+            self.it, self.seconds, self.best_val = ckpt["iter"], ckpt["train_seconds"], ckpt["best_val_loss"]
+            self.history = [tuple(r) for r in ckpt["history"]]
+            torch.set_rng_state(ckpt["rng"])
+            if budget_progress(self.it, self.seconds, cfg) >= 1:
+                raise UsageError(f"the checkpoint has already trained {self.it} iterations ({self.seconds:.0f} s), "
+                                 "the whole budget: raise --max_iters or --max_seconds to train more")
+        self.start, self.last = (self.it, self.seconds), (self.it, self.seconds)  # at the start, at the last line
+        self.tokens_per_iter, self.tokens_per_s = cfg.batch_size * cfg.block_size * world, 0.0
 
-# Stopping: the first Ctrl-C (SIGINT), or the SIGTERM a job scheduler sends, only sets run.stop; the loop
-# finishes its step and stops, and finish_run saves. Cut mid-step, a checkpoint could hold a model the
-# optimizer has half updated. A second Ctrl-C stops at once; the last checkpoint written stays as it was
-# (checkpoints are replaced by a rename, never overwritten in place).
+    def evaluated(self, it, seconds, losses, **carry):
+        """Print the losses and a one-line sample, log them, save a checkpoint."""
+        if not math.isfinite(losses["val"]):  # stop before a NaN reaches a checkpoint: the last good one stays
+            raise UsageError(f"the loss became {losses['val']} at iteration {it}: lower --learning_rate or keep "
+                             "--grad_clip on")
+        self.it, self.seconds, self.best_val = it, seconds, min(self.best_val, losses["val"])
+        self.carry.update(carry)
+        self.history = [r for r in self.history if r[0] != it]   # a resumed run evaluates its first step again
+        self.history.append((it, round(losses["train"], 4), round(losses["val"], 4), round(seconds, 1),
+                             round(self.tokens_per_s)))
+        self.say(f"eval iter {it}: train loss {losses['train']:.4f} ({bpc(losses['train']):.3f} bpc), "
+                 f"val loss {losses['val']:.4f} ({bpc(losses['val']):.3f} bpc)")
+        if self.cfg.eval_sample and self.rank == 0:
+            self.say(f"  sample: {sample_line(self.model, self.itos)}")
+        self.save()
+        if self.rank == 0:
+            write_log(self.cfg.out_dir, self.history)
+        self.last = (it, seconds)
 
-@contextmanager
-def bookkeeping(run):
-    """Around the loop: the stop signals."""
-    def ask_to_stop(signum, frame):
-        if run.stop:
-            raise KeyboardInterrupt
-        run.stop = True  # (no print here: the handler may run in the middle of another print)
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-        handlers = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    except KeyboardInterrupt:
-        run.say(f"\nstopped at once at iteration {run.it}: the last checkpoint saved is kept")
-        raise
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    def stepped(self, it, seconds, loss, lr, progress, **carry):
+        """A progress line every log_interval iterations. Returns the training seconds (under torchrun,
+        rank 0's, so every process follows one schedule) and whether to stop (any process was asked to)."""
+        self.it, self.seconds = it, seconds
+        self.carry.update(carry)
+        if it % self.cfg.log_interval == 0:
+            t = time.perf_counter()
+            lossf = loss.item()  # on a GPU this waits for the step: only every log_interval
+            if not math.isfinite(lossf):
+                raise UsageError(f"the loss became {lossf} at iteration {it}: lower --learning_rate or keep "
+                                 "--grad_clip on")
+            seconds += time.perf_counter() - t  # the wait was the steps' own time
+            dt = (seconds - self.last[1]) / (it - self.last[0])
+            self.last, self.tokens_per_s = (it, seconds), self.tokens_per_iter / dt
+            left = seconds / progress - seconds if progress > 0 else 0.0
+            self.say(f"iter {it} | loss {lossf:.4f} | {dt * 1000:.1f} ms/iter | {self.tokens_per_s:,.0f} tok/s"
+                     f"{mfu(self.model, self.cfg, self.tokens_per_s / self.world)} | lr {lr:.2e} | "
+                     f"{int(left // 60)}m{int(left % 60):02d}s left")
+        if self.world > 1:  # one collective: rank 0's seconds (the others add 0) and the stop requests
+            both = torch.tensor([seconds if self.rank == 0 else 0.0, float(self.stop)], device=self.device)
+            torch.distributed.all_reduce(both)
+            seconds, stop = both[0].item(), both[1].item() > 0
+            return seconds, stop
+        return seconds, self.stop
 
+    def save(self):
+        if self.rank == 0:
+            write_atomically(self.path, lambda f: torch.save({
+                "kind": KIND, "config": asdict(self.cfg), "itos": self.itos, "iter": self.it,
+                "best_val_loss": self.best_val, "model": self.model.state_dict(),
+                "optimizers": [opt.state_dict() for opt in self.optimizers], "rng": torch.get_rng_state(),
+                "history": self.history, "train_seconds": self.seconds,
+                **{k: v.get_state() if isinstance(v, torch.Generator) else v for k, v in self.carry.items()}}, f), "wb")
 
-def stop_requested(run):
-    return run.stop  # (char_gpt.py also asks the other processes here; this script runs in one)
+    @contextmanager
+    def signals(self):
+        """Around the loop: Ctrl-C and SIGTERM ask to stop; torchrun's process group is closed at the end."""
+        def ask_to_stop(signum, frame):
+            if self.stop:
+                raise KeyboardInterrupt
+            self.stop = True  # (no print here: the handler may run in the middle of another print)
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            handlers = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.say(f"\nstopped at once at iteration {self.it}: the last checkpoint saved is kept")
+            raise
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            if self.world > 1:
+                torch.distributed.destroy_process_group()
 
-
-def finish_run(run):
-    """Stopped early: save and say how to go on. Done: metrics.json. Returns what the caller samples from."""
-    result = {"model": run.model, "itos": run.itos, "history": run.history, "device": run.device,
-              "stopped": run.stop}
-    if run.stop:
-        save_run(run)
-        run.say(f"stopped at iteration {run.it}: checkpoint saved to {run.ckpt_path} (continue with --resume)")
+    def finish(self, n_params):
+        """Stopped early: save and say how to go on. Done: metrics.json. Returns what the caller samples from."""
+        result = {"model": self.model, "itos": self.itos, "device": str(self.device), "history": self.history,
+                  "rank": self.rank, "stopped": self.stop}
+        if self.stop:
+            self.save()
+            self.say(f"stopped at iteration {self.it}: checkpoint saved to {self.path} (continue with --resume)")
+            return result
+        this_run = self.seconds - self.start[1]
+        result["metrics"] = metrics = {
+            "best_val_loss": self.best_val, "best_val_bpc": round(bpc(self.best_val), 4),
+            "final_val_loss": self.history[-1][2], "iters": self.it, "train_seconds": round(self.seconds, 1),
+            "tokens_per_second": round((self.it - self.start[0]) * self.tokens_per_iter / max(this_run, 1e-9)),
+            "params": n_params, "device": str(self.device), "config": asdict(self.cfg)}
+        if self.rank == 0:
+            write_atomically(os.path.join(self.cfg.out_dir, "metrics.json"),
+                             lambda f: json.dump(metrics, f, indent=2))
+            self.say(f"best val loss {self.best_val:.4f} ({bpc(self.best_val):.3f} bpc); wrote "
+                     f"{self.cfg.out_dir}/ckpt.pt, log.csv, metrics.json, loss.png")
         return result
-    this_run = run.clock.local() - run.clock.offset
-    result["metrics"] = metrics = {
-        "best_val_loss": run.best_val, "best_val_bpc": round(bpc(run.best_val), 4),
-        "final_val_loss": run.history[-1][2], "iters": run.it, "train_seconds": round(run.clock.local(), 1),
-        "tokens_per_second": round((run.it - run.it_start) * run.tokens_per_iter / max(this_run, 1e-9)),
-        "params": run.n_params, "device": run.device, "config": asdict(run.cfg)}
-    with open(os.path.join(run.cfg.out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    run.say(f"best val loss {run.best_val:.4f} ({bpc(run.best_val):.3f} bpc); wrote {run.cfg.out_dir}/ckpt.pt, "
-            "log.csv, metrics.json, loss.png")
-    return result
 
 
-# 7f. Sampling from a checkpoint, and the command line's entry point.
+def mfu(model, cfg, tokens_per_s):
+    return ""  # (char_gpt.py's progress line adds the GPU's FLOPs utilisation here)
+
+
+# Copied from char_gpt.py
+def sample_line(model, itos, n=80):
+    """n characters from the model (seed 0, temperature 0.8), line breaks shown as " / ": one line, so an
+    evaluation's losses and its sample stand together in the log. The model is put back in training mode."""
+    stoi = {c: i for i, c in enumerate(itos)}
+    idx = torch.tensor([encode("\n" if "\n" in stoi else itos[0], stoi)], device=next(model.parameters()).device)
+    with sampling_settings(model):
+        out = generate_fast(model, idx, n, temperature=0.8, generator=torch.Generator().manual_seed(0))
+    model.train()
+    return decode(out[0, 1:].tolist(), itos).replace("\n", " / ")
+
+
+# 8f. A run: the device, a fresh start or a checkpoint's model and optimizers with this run's budget and
+# logging, then the lesson's pieces, wired together and handed to train().
+
+def run(cfg, quiet=False):
+    """Train as cfg says. Returns a dict: model, itos, device, history (rows of log.csv), metrics, stopped."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise UsageError(f"{KIND}.py runs in one process: start it with python, not torchrun")
+    device = pick_device(cfg.device)
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = load_checkpoint(path) if cfg.resume else None
+    if ckpt and "optimizers" not in ckpt:  # an older layout: one optimizer state, not a list
+        raise UsageError(f"{path} comes from an older {KIND}.py and cannot be resumed: train again with another "
+                         "--out_dir (--sample_only still works on this one)")
+    for name in SHAPE if ckpt else ():
+        setattr(cfg, name, with_new_names(ckpt["config"])[name])
+    cfg = fill_defaults(cfg, device)
+    prepare_out_dir(cfg.out_dir)
+    try:
+        (train_streams, val_streams), itos = read_data(cfg, ckpt and ckpt["itos"])
+    except UsageError as e:
+        raise UsageError(f"{cfg.input}: {e}; resume on the text it was trained on" if ckpt else str(e)) from None
+    check_prompt(cfg.prompt, {c: i for i, c in enumerate(itos)})  # the sample comes after training: fail now
+
+    torch.manual_seed(cfg.seed)
+    model = CharRNN(cfg, len(itos)).to(device)
+    optimizers = make_optimizers(model, cfg)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32: float32's range with a 10-bit mantissa
+        torch.backends.cudnn.allow_tf32 = True
+    say = (lambda *a, **k: None) if quiet else print
+    books = Books(cfg, model, optimizers, itos, ckpt, say, chunk=0, hidden=None)
+    if ckpt:
+        books.carry.update(chunk=ckpt["chunk"], hidden=hidden_to(ckpt["hidden"], device))
+    books.say(f"{KIND}: {cfg.cell} ({cfg.impl}), {count_params(model):,} parameters, vocabulary {len(itos)}, "
+              f"{train_streams.numel():,} training characters, device {device}; float32: {KIND}.py trains in "
+              "float32 (TF32 matmuls on GPUs from Ampere on)")
+    with books.signals():
+        train(model, optimizers, {"train": train_streams, "val": val_streams}, cfg, books)
+    return books.finish(count_params(model))
+
+
+# 8g. Sampling and evaluating a checkpoint, and main.
 
 def with_new_names(config):
     """A checkpoint's config with today's names: --cell was called --model."""
@@ -1170,36 +1117,11 @@ def load_model(out_dir, device="cpu", impl=None, ckpt=None):
     return model.to(device).eval(), ckpt["itos"]
 
 
-# Copied from char_gpt.py
-SMALL_STEP = 250_000  # parameters: below this, sampling takes one thread
+def hidden_to(hidden, device):
+    if hidden is None:
+        return None
+    return tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
 
-
-# Copied from char_gpt.py
-@contextmanager
-def sampling_settings(model):
-    """Run the block with the CPU settings that suit one-character steps, then restore them.
-    Threads: torch can split one operation over several threads. A small model's step is too small to
-    share: the hand-off costs more than the second core saves, so below SMALL_STEP parameters it gets one
-    thread; a larger model keeps them all (RESULTS.md, "Sampling", has the crossover on each CPU kind).
-    oneDNN off: torch hands some CPU operations (GELU, the fused LSTM and GRU) to Intel's oneDNN library
-    (torch calls it mkldnn, its old name), whose set-up costs more per call than a one-character step
-    through torch's own kernels. The two can round differently in the last bit, so the same seed can,
-    rarely, draw another character with and without these settings; the command line and the server both
-    use them. (On a GPU neither setting matters.)"""
-    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    if sum(p.numel() for p in model.parameters()) < SMALL_STEP:
-        torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.backends.mkldnn.enabled = onednn
-
-
-# (Both settings are global: one value for every thread of the process. So serve.py, whose
-# requests sample in threads at once, enters this once around all of its serving; requests that each set
-# and restored the settings would undo one another's.)
 
 # Copied from char_gpt.py
 def print_samples(model, itos, cfg, device):
@@ -1211,33 +1133,17 @@ def print_samples(model, itos, cfg, device):
         print(cfg.prompt, end="", flush=True)
         idx = torch.tensor([encode(cfg.prompt, stoi)], device=device)
         with sampling_settings(model):
-            generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
-                     on_token=lambda t: print(itos[t.item()], end="", flush=True), generator=g)
+            generate_fast(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                          on_token=lambda t: print(itos[t.item()], end="", flush=True), generator=g)
         print()
-
-
-# 7h. Main: check the torch version, read the flags, train (or only evaluate or sample), then sample.
-
-# Copied from char_gpt.py
-MIN_TORCH = (2, 4)  # the oldest torch this file was tested with (requirements.txt says the same)
-
-
-# Copied from char_gpt.py
-def check_torch_version(version):
-    major, minor = (int(part) for part in version.split(".")[:2])
-    if (major, minor) < MIN_TORCH:
-        need = ".".join(map(str, MIN_TORCH))
-        raise UsageError(f"{KIND}.py needs torch >= {need}, this is torch {version}: "
-                         f"pip install 'torch>={need}'")
 
 
 def evaluate_checkpoint(cfg):
     """--eval_only: the checkpoint's loss on the whole val split of --input, in nats, bits and perplexity."""
     device = pick_device(cfg.device)
     model, itos = load_model(cfg.out_dir, device, cfg.impl)
-    text = read_text(cfg.input)
     try:
-        data = encode_text(text, {c: i for i, c in enumerate(itos)})
+        data = encode_text(read_text(cfg.input), {c: i for i, c in enumerate(itos)})
     except UsageError as e:
         raise UsageError(f"{cfg.input}: {e}; evaluate on a text with the training text's characters") from None
     val = data[int(0.9 * len(data)):]
@@ -1248,24 +1154,31 @@ def evaluate_checkpoint(cfg):
           f"over {len(val) - 1:,} characters of {cfg.input} (the last 10%, each predicted once)")
 
 
+# Copied from char_gpt.py
+MIN_TORCH = (2, 4)  # the oldest torch this file was tested with (requirements.txt says the same)
+
+
 def main(argv=None):
-    check_torch_version(torch.__version__)
+    """Check the torch version, read the flags, train (or only evaluate or sample), then sample."""
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < MIN_TORCH:
+        need = ".".join(map(str, MIN_TORCH))
+        raise UsageError(f"{KIND}.py needs torch >= {need}, this is torch {torch.__version__}: "
+                         f"pip install 'torch>={need}'")
     if "--serve" in (sys.argv[1:] if argv is None else argv):
         raise UsageError(f"serving has its own file: python serve.py --out_dir out/{KIND}")
     cfg = parse_args(argv)
-    check_mode(cfg)
+    check_sample_flags(cfg)
     if cfg.eval_only:
         return evaluate_checkpoint(cfg)
     if cfg.sample_only:
-        check_sample_flags(cfg)
         device = pick_device(cfg.device)
         model, itos = load_model(cfg.out_dir, device, cfg.impl)
-        print_samples(model, itos, cfg, device)
-        return
-    result = train(cfg)
+        return print_samples(model, itos, cfg, device)
+    result = run(cfg)
     if result["stopped"]:
         sys.exit(130)
-    print_samples(result["model"], result["itos"], cfg, result["device"])
+    if result["rank"] == 0:
+        print_samples(result["model"], result["itos"], cfg, result["device"])
 
 
 if __name__ == "__main__":

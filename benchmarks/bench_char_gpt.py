@@ -84,7 +84,7 @@ def reevaluate(out_dir, data, batches=200, batch_size=12, seed=1337):
     """Mean val loss of out_dir/ckpt.pt over `batches` random windows of the val split (as anchors.md does)."""
     model, itos = cg.load_model(out_dir)
     stoi = {c: i for i, c in enumerate(itos)}
-    _, val = cg.split_data(cg.read_text(data), stoi, model.block_size)
+    _, val = cg.split_data(cg.encode_text(cg.read_text(data), stoi))
     g = torch.Generator().manual_seed(seed)
     losses = [model(*cg.get_batch(val, batch_size, model.block_size, g))[1].item() for _ in range(batches)]
     return sum(losses) / len(losses)
@@ -139,6 +139,15 @@ def quality(args):
     print(f"val loss re-evaluated on 200 batches of 12 (seed 1337): {reevaluate(out_dir, args.data):.4f}")
 
 
+@torch.no_grad()
+def generate_naive(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    """Sampling with no cache: every step re-runs the model on the last block_size characters."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -model.block_size:])
+        idx = torch.cat([idx, cg.sample_next(logits[:, -1], temperature, top_k, generator)], dim=1)
+    return idx
+
+
 def sampling(args):
     """chars/s for 1,000 new characters at a 256-character window, with the cache and without."""
     print("| model | cached chars/s | recompute chars/s | speed-up |\n|---|---|---|---|")
@@ -148,7 +157,7 @@ def sampling(args):
         model = cg.GPT(cg.Config(block_size=256, dropout=0.0, **shape), 65).eval()
         prompt = torch.zeros(1, 1, dtype=torch.long)
         rates = []
-        for gen in (cg.generate, cg.generate_naive):
+        for gen in (cg.generate_fast, generate_naive):
             gen(model, prompt, 20, top_k=200, generator=torch.Generator().manual_seed(0))  # warm-up
             t = time.perf_counter()
             gen(model, prompt, 1000, temperature=0.8, top_k=200, generator=torch.Generator().manual_seed(0))

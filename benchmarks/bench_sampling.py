@@ -73,6 +73,7 @@ def main(args):
     settings = getattr(cg, "sampling_settings", None) or (lambda: cg.intra_op_threads(1))
     if not inspect.signature(settings).parameters:
         settings = (lambda f: lambda model: f())(settings)
+    generate = getattr(cg, "generate_fast", cg.generate)  # what the command line samples with
     print("| model | ours chars/s | nanoGPT chars/s | ours / nanoGPT |\n|---|---|---|---|")
     for name, shape in SHAPES:
         torch.manual_seed(0)
@@ -85,7 +86,7 @@ def main(args):
 
         def ours_run(n, m=ours, p=prompt):
             with nullcontext() if args.settings_unchanged else settings(m):  # as the command line samples
-                return cg.generate(m, p, n, temperature=1.0, generator=torch.Generator().manual_seed(0))
+                return generate(m, p, n, temperature=1.0, generator=torch.Generator().manual_seed(0))
         runs = {"ours": ours_run}
         if nano:
             runs["nanoGPT"] = lambda n, m=theirs, p=prompt: (torch.manual_seed(0), m.generate(p, n, temperature=1.0))
@@ -128,9 +129,9 @@ def threads(args):
             for n in (1, 2):
                 with module.sampling_settings(model):
                     torch.set_num_threads(n)
-                    module.generate(model, prompt, 10, generator=torch.Generator().manual_seed(0))  # warm-up
+                    module.generate_fast(model, prompt, 10, generator=torch.Generator().manual_seed(0))  # warm-up
                     t = time.perf_counter()
-                    module.generate(model, prompt, args.new, generator=torch.Generator().manual_seed(0))
+                    module.generate_fast(model, prompt, args.new, generator=torch.Generator().manual_seed(0))
                     rates[n].append(args.new / (time.perf_counter() - t))
         params = sum(p.numel() for p in model.parameters())
         print(f"| {name} | {params / 1e6:.2f} M | {statistics.median(rates[1]):,.0f} | "

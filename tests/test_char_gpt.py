@@ -444,8 +444,8 @@ def test_forward_one_equals_the_model_bit_for_bit(settings):
 
 
 def reference_generate(model, idx, max_new_tokens, temperature, top_k, generator):
-    """The sampling loop generate and generate_fast implement, with no cache: the model re-reads the characters the cache
-    would hold. They start at the last block_size of the prompt; when that context is full, it restarts
+    """The sampling loop generate and generate_fast implement, with no cache: the model re-reads the characters
+    the cache would hold. They start at the last block_size of the prompt; when that context is full, it restarts
     from the last block_size // 2 characters."""
     T = model.block_size
     start = max(0, idx.size(1) - T)

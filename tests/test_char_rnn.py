@@ -166,8 +166,8 @@ def test_one_checkpoint_loads_into_either_impl(cell, tmp_path):
         opt.step()
         opt.zero_grad()
     itos = [chr(65 + i) for i in range(20)]
-    cr.save_checkpoint(str(tmp_path / "ckpt.pt"), {"kind": "char_rnn", "config": asdict(tiny_config(cell=cell)),
-                                                   "itos": itos, "model": model.state_dict()})
+    torch.save({"kind": "char_rnn", "config": asdict(tiny_config(cell=cell)), "itos": itos,
+                "model": model.state_dict()}, tmp_path / "ckpt.pt")
     for impl in ("scratch", "fused"):
         loaded, loaded_itos = cr.load_model(tmp_path, impl=impl)
         assert loaded.impl == impl and loaded_itos == itos
@@ -296,7 +296,7 @@ def test_training_carries_the_hidden_state_and_resets_it_each_pass(monkeypatch, 
             seen.append((idx.clone(), hidden, out[2]))
         return out
     monkeypatch.setattr(cr.CharRNN, "forward", spy)
-    cr.train(cfg, quiet=True)
+    cr.run(cfg, quiet=True)
     n_chunks = (int(0.9 * len(text)) // 2 - 1) // 10                    # 135 per stream -> 13 chunks
     assert len(seen) == 30 and n_chunks == 13
     for step, (_, given, _) in enumerate(seen):
@@ -308,12 +308,13 @@ def test_training_carries_the_hidden_state_and_resets_it_each_pass(monkeypatch, 
     assert torch.equal(seen[n_chunks][0], seen[0][0])                   # a new pass reads the start again
 
 
-def test_text_too_short_for_the_streams():
+def test_text_too_short_for_the_streams(tmp_path):
+    (tmp_path / "t.txt").write_text("abc" * 100)
     with pytest.raises(cr.UsageError, match="too short"):
-        cr.split_data("abc" * 100, {"a": 0, "b": 1, "c": 2}, batch_size=8, block_size=16)
+        cr.read_data(cr.Config(input=str(tmp_path / "t.txt"), batch_size=8, block_size=16))
 
 
 def test_torchrun_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(cr.UsageError, match="not torchrun"):
-        cr.train(cr.Config(), quiet=True)
+        cr.run(cr.Config(), quiet=True)

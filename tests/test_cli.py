@@ -566,3 +566,17 @@ def test_resume_keeps_the_training_time(script, tmp_path, text_file):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["train_seconds"] >= round(ckpt["train_seconds"], 1)  # metrics rounds to 0.1 s
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_script_and_a_text_alone_in_an_empty_folder_train_and_sample(script, tmp_path):
+    """Each chapter is one self-contained file: copied with input.txt into an empty folder, it trains and
+    samples there, with nothing else of the repository beside it."""
+    shutil.copy(REPO / script, tmp_path / script)
+    shutil.copy(REPO / "input.txt", tmp_path / "input.txt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, script, "--max_iters=50", "--max_new_tokens=200"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--- sample ---" in proc.stdout and len(proc.stdout.split("--- sample ---")[1].strip()) > 100
+    assert (tmp_path / "out" / KIND[script] / "ckpt.pt").exists()
