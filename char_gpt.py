@@ -101,7 +101,7 @@ def get_batch(data, batch_size, block_size, generator):
 # I offer?") and a value v_t ("what I pass on"), each a linear map of that vector to d_k numbers. The
 # score of t looking at s is q_t . k_s / sqrt(d_k): a dot product of d_k terms that are independent with
 # mean 0 (as q and k are, roughly, at initialisation) has d_k times a term's variance, so dividing by
-# sqrt(d_k) keeps the scores near unit variance and the softmax,
+# sqrt(d_k) keeps the scores' variance the same whatever d_k, and the softmax,
 # softmax(z)_s = e^z_s / sum_j e^z_j, away from saturation. A causal mask sets the score to -inf for
 # s > t (the future), so after the softmax those weights are exactly 0. The output at t is the weighted
 # average of the values:
@@ -152,7 +152,7 @@ class CausalSelfAttention(nn.Module):
         B, nh, T, d_k = y.shape
         return self.resid_drop(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, nh * d_k)))
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None):  # (on a first read, skip `cache` until section 4, bfloat16 until 5b)
         q, k, v = self.heads(x)
         if cache is not None:
             k, v = cache.extend(k, v)                                        # (B, nh, T_past + T, d_k)
@@ -479,9 +479,10 @@ def evaluate_text(model, data, block_size, device, autocast=None):
 # estimate the losses on both splits. The budget counts training seconds: the time of the steps, not of
 # the evaluations. `books` (section 6e) keeps the run's books, in two calls: `evaluated` prints and logs
 # the losses and saves a checkpoint; `stepped` prints a progress line every log_interval iterations and
-# says whether to stop early (Ctrl-C; under torchrun it also hands every process the same clock). Delete
-# those two lines and this still trains. A resumed run starts from the iteration and seconds its
-# checkpoint holds; a fresh one from 0.
+# says whether to stop early (Ctrl-C); it hands back the training seconds, with the wait for loss.item() on
+# a GPU added and, under torchrun, rank 0's count for every process, so all follow one schedule. Delete
+# those two lines, start from it, seconds = 0, 0.0, and this still trains. A resumed run starts from the
+# iteration and seconds its checkpoint holds; a fresh one from 0.
 
 def train(model, optimizers, splits, batch_gen, cfg, autocast, scaler, books):
     """Train until the budget is spent or a stop is asked for. splits: {"train": ids, "val": ids};
@@ -545,7 +546,8 @@ def sample_next(logits, temperature, top_k, generator=None):
 # may see the keys up to there:
 
 def attention_after_cache(q, k, v):
-    """`attention` for queries that continue a cache: q (B, nh, Tq, d_k), k and v (B, nh, Tk, d_k), Tq <= Tk."""
+    """`attention` for queries that continue a cache: q (B, nh, Tq, d_k), k and v (B, nh, Tk, d_k), Tq <= Tk.
+    The reference form: the tests check the model's cached forward against it."""
     Tq, Tk, d_k = q.size(-2), k.size(-2), q.size(-1)
     scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)                        # (B, nh, Tq, Tk)
     future = torch.triu(torch.ones(Tq, Tk, dtype=torch.bool, device=q.device), diagonal=Tk - Tq + 1)
@@ -860,7 +862,7 @@ def sampling_settings(model):
     Threads: torch can split one operation over several threads. A small model's step is too small to
     share: the hand-off costs more than the second core saves, so below SMALL_STEP parameters it gets one
     thread; a larger model keeps them all (RESULTS.md, "Sampling", has the crossover on each CPU kind).
-    oneDNN off: torch hands some CPU operations (GELU, the fused LSTM and GRU) to Intel's oneDNN library
+    oneDNN off: torch hands some CPU operations (GELU, the fused LSTM) to Intel's oneDNN library
     (torch calls it mkldnn, its old name), whose set-up costs more per call than a one-character step
     through torch's own kernels. The two can round differently in the last bit, so the same seed can,
     rarely, draw another character with and without these settings; the command line and the server both

@@ -17,12 +17,13 @@ What you will learn, in this order:
      chunk to chunk but gradients stop at the chunk's edge) with gradient clipping, a learning rate
      that warms up and then decays over a time budget, AdamW, evaluation;
   6. sampling: prime the hidden state on a prompt, then feed back one sampled character at a time;
-  7. running it: the command line, checks, checkpoints that survive a crash or Ctrl-C, the training
-     loop's bookkeeping. Machinery; skip it on a first read.
-`cfg` below is a Config (section 7a): model (rnn, lstm or gru), impl (scratch or fused), n_layer, n_embd
+  7. making it fast: a big text's encoding and the CPU settings of sampling (the fused cells are 4b's);
+  8. running it: the command line, checks, checkpoints that survive a crash or Ctrl-C, the run's books.
+     Machinery; skip it on a first read.
+`cfg` below is a Config (section 8a): cell (rnn, lstm or gru), impl (scratch or fused), n_layer, n_embd
 (the width H of the embedding and of every hidden state), block_size (the chunk length T), batch_size
-(the number of streams B), dropout, learning_rate, min_lr, warmup_iters, weight_decay, grad_clip and
-eval_iters, each with its default and its meaning side by side.
+(the number of streams B), dropout, the budget (max_iters, max_seconds), eval_interval, learning_rate,
+min_lr, warmup_iters, weight_decay, grad_clip and eval_iters, each with its default and meaning side by side.
 
 Run it:
   python char_rnn.py                                  # train an LSTM on input.txt, then print a sample
@@ -423,7 +424,7 @@ def train_step(model, optimizers, x, y, hidden, lr, grad_clip):
 # Weight decay pulls the matrices and the embedding toward 0, never the biases.
 # Precision: the parameters and activations are float32 on every device; on a CUDA GPU from Ampere on,
 # the matmuls multiply float32 numbers with TF32 (float32's range with a 10-bit mantissa), because
-# run(), section 8e, turns it on. The recurrent matmuls are small (batch x hidden) and run one time
+# run(), section 8f, turns it on. The recurrent matmuls are small (batch x hidden) and run one time
 # step after another, so a lower precision such as bfloat16 would save little here.
 
 def make_optimizers(model, cfg):
@@ -508,8 +509,9 @@ def evaluate_text(model, data, block_size, device):
 # evaluations. `books` (section 8e) keeps the run's books, in two calls: `evaluated` prints and logs the
 # losses and saves a checkpoint (with the stream position and hidden state, so a resumed run reads on
 # from there); `stepped` prints a progress line every log_interval iterations and says whether to stop
-# early (Ctrl-C). Delete those two lines and this still trains. A resumed run starts from the iteration,
-# seconds, chunk and hidden state its checkpoint holds; a fresh one from 0 and a zero state.
+# early (Ctrl-C); it hands back the training seconds with the wait for loss.item() on a GPU added.
+# Delete those two lines, start from 0 (it, seconds = 0, 0.0; chunk, hidden = 0, None), and this still
+# trains. A resumed run starts from the iteration, seconds, chunk and hidden state its checkpoint holds.
 
 def train(model, optimizers, splits, cfg, books):
     """Train until the budget is spent or a stop is asked for. splits: {"train": streams, "val": streams}."""
@@ -584,7 +586,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, on_token=N
 # -----------------------------------------------------------------------------
 # 7. Making it fast
 # -----------------------------------------------------------------------------
-# The fused cells (--impl=fused, section 4a) are this chapter's main speed-up. Two more: a big text's
+# The fused cells (--impl=fused, the aside after 4c) are this chapter's main speed-up. Two more: a big text's
 # encoding, and the CPU settings of sampling. The command line (section 8) uses them.
 #
 # 7a. Encoding a big text. encode() makes a Python list: one 8-byte slot per character, pointing to
@@ -631,7 +633,7 @@ def sampling_settings(model):
     Threads: torch can split one operation over several threads. A small model's step is too small to
     share: the hand-off costs more than the second core saves, so below SMALL_STEP parameters it gets one
     thread; a larger model keeps them all (RESULTS.md, "Sampling", has the crossover on each CPU kind).
-    oneDNN off: torch hands some CPU operations (GELU, the fused LSTM and GRU) to Intel's oneDNN library
+    oneDNN off: torch hands some CPU operations (GELU, the fused LSTM) to Intel's oneDNN library
     (torch calls it mkldnn, its old name), whose set-up costs more per call than a one-character step
     through torch's own kernels. The two can round differently in the last bit, so the same seed can,
     rarely, draw another character with and without these settings; the command line and the server both
