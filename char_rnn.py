@@ -208,7 +208,9 @@ CELLS = {"rnn": rnn_cell, "lstm": lstm_cell, "gru": gru_cell}
 # the part that comes through h_{t+1}, so through every later step; it is zero after the last step.
 # It is known only once step t + 1 is done, so we walk backward from the last step.
 # In the code's layout (rows are batch items, section 2) one step is a_t = x_t W_ih^T + h_{t-1} W_hh^T + b.
-# For a product Y = X W^T, Y[b, i] = sum over j of X[b, j] W[i, j], so dW = dY^T X and dX = dY W.
+# For a product Y = X W^T, Y[b, i] = sum over j of X[b, j] W[i, j]. W[i, j] moves every Y[b, i] with
+# slope X[b, j], so dW[i, j] = sum over b of dY[b, i] X[b, j]: dW = dY^T X. X[b, j] moves Y[b, i] for
+# every i with slope W[i, j], so dX[b, j] = sum over i of dY[b, i] W[i, j]: dX = dY W.
 # With Y = a_t and X = h_{t-1}, that gives dW_hh = da_t^T h_{t-1} and dh_{t-1} = da_t W_hh (through a_t).
 # So at each step t = T..1:
 #   dh_t    = dh_out_t + dh_next                      the total gradient for h_t

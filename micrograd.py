@@ -26,7 +26,6 @@ import math
 import random
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +114,7 @@ class Value:
 
     # Everything else is made of the primitives, so it needs no derivative of its own.
     # `a += b` needs no method either: Python falls back to `a = a + b`, a new node. (Changing `a` in place
-    # would rewrite a number that nodes built from the old `a` depend on.)
+    # would lose how the old `a` was computed, and make `a` an input of itself: a cycle.)
 
     def __neg__(self):  # -a = a * (-1)
         return self * -1.0
@@ -173,7 +172,8 @@ class Value:
 
     def backward(self):
         """Called on the output L: add dL/dv to v.grad for every Value v in the graph below L. Once per graph:
-        the grads it fills stay, so a second call adds every gradient again (zero them first to redo it)."""
+        the grads it fills stay, and a second call would push those old grads down again with the new ones,
+        over-counting (zero every grad first to redo it)."""
         self.grad = 1.0  # dL/dL
         # `+=` below, because a Value used twice (x * x, a weight shared by two paths) gets one term per use.
         for node in reversed(self.topological_order()):
@@ -197,17 +197,15 @@ def trace_graph(root):
 # Part 1b: a worked example, by hand and by the engine
 # -----------------------------------------------------------------------------
 # One neuron, inputs x = [1, 2], one weight w = 1 shared by both inputs, no bias, sigmoid output, target 0.5.
-# This classic example comes from a published write-up; its loss is J (the write-up's name for the loss L).
+# A classic example of the write-ups that teach backprop; its loss is called J there (L here).
 #   z = w*1 + w*2 = 3,   a = sigmoid(z) = 0.9526,   J = (0.5 - a)^2 = 0.2048.
 # Chain rule, one factor per step from J back to w:
 #   dJ/da = -2 (0.5 - a)             = 0.9051
 #   da/dz = a (1 - a)                = 0.0452     (sigmoid' written through sigmoid itself)
 #   dz/dw = 1 + 2                    = 3          (w is used twice; the two uses add)
 #   dJ/dw = 0.9051 * 0.0452 * 3      = 0.1227
-# The write-up reports 0.248, which matches neither its own printed formula (that evaluates to 0.0093) nor the
-# chain rule (0.1227). (Only a guess at its origin: sigmoid'(J) = 0.2474.)
 # The engine, the hand computation, torch, and finite differences (J(w+h) - J(w-h)) / 2h all give 0.1227
-# (tests/test_micrograd.py).
+# (tests/test_micrograd.py). The 0.248 one write-up reports is wrong: notebooks/00_errata.ipynb shows why.
 #
 # Built from Values, the example has a few more nodes than the formulas. Plain numbers (1.0, 2.0, 0.5) become
 # leaf Values. And 0.5 - a has a plain number on the left, so Python calls a.__rsub__(0.5), which computes
@@ -344,9 +342,10 @@ class MLP(Module):
 #   Z = H W + b,   H_next = f(Z)        H: (batch, n_in)   W: (n_in, n_out)   b: (n_out,)   Z: (batch, n_out)
 # and its backward pass, given dL/dH_next, is four lines of the chain rule:
 #   dL/dZ = dL/dH_next * f'(Z)          element-wise, because f acts on each entry alone
-#   dL/dW = H^T dL/dZ                   (n_in, n_out): every example's contribution summed
+#   dL/dW = H^T dL/dZ                   (n_in, n_out): dL/dW_ij = sum over b of H_bi dL/dZ_bj, since W_ij
+#                                       moves every Z_bj with slope H_bi; the sum over b is that product
 #   dL/db = sum over the batch of dL/dZ
-#   dL/dH = dL/dZ W^T                   passed on to the layer below
+#   dL/dH = dL/dZ W^T                   H_bi moves every Z_bj with slope W_ij; to the layer below
 
 
 def sigmoid(z):
@@ -572,24 +571,6 @@ def value_mlp_accuracy(model, X, y):
     return sum(correct) / len(correct)
 
 
-# Python frees an object as soon as its reference count drops to 0. Separately, every few hundred allocations,
-# its cycle collector walks the live objects in search of reference cycles, which counting cannot free. A Value
-# graph has none, so reference counting alone frees each step's graph, and the collector's walks over tens of
-# thousands of live nodes are wasted time. The Value training loop pauses it.
-
-
-@contextmanager
-def cycle_collector_paused():
-    """Switch off Python's cycle collector inside a `with` block (a training loop that builds big graphs)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def train_moons(X, y, steps=100, hidden=(16, 16), l2=1e-4, seed=0, log_every=0):
     """Train a Value-MLP on 2-class data (labels 0/1) with the hinge loss and plain SGD.
 
@@ -601,26 +582,25 @@ def train_moons(X, y, steps=100, hidden=(16, 16), l2=1e-4, seed=0, log_every=0):
     model = MLP(2, [*hidden, 1], activation="relu", seed=seed)
     params = model.parameters()
     history = {"loss": [], "accuracy": []}
-    with cycle_collector_paused():
-        for step in range(steps):
-            scores = [model(x) for x in inputs]
-            # L = mean_i max(0, 1 - s_i score_i) + l2 * sum_p p^2
-            # The hinge term is 0 once a point is on its side by a margin of 1; the L2 penalty keeps the
-            # weights small, the boundary smooth.
-            margins = [(1.0 - s * score).relu() for s, score in zip(signs, scores, strict=True)]
-            data_loss = sum(margins) * (1.0 / n)
-            loss = data_loss + l2 * sum(p * p for p in params)
-            model.zero_grad()
-            loss.backward()
-            lr = 1.0 - 0.9 * step / steps  # decays linearly from 1.0 towards 0.1
-            for p in params:
-                p.data -= lr * p.grad  # gradient descent: p = p - lr dL/dp
-            correct = [(score.data > 0) == (s > 0) for s, score in zip(signs, scores, strict=True)]
-            accuracy = sum(correct) / n
-            history["loss"].append(loss.data)
-            history["accuracy"].append(accuracy)
-            if log_every and (step % log_every == 0 or step == steps - 1):
-                print(f"  moons step {step:4d}   loss {loss.data:.4f}   accuracy {accuracy:.0%}")
+    for step in range(steps):
+        scores = [model(x) for x in inputs]
+        # L = mean_i max(0, 1 - s_i score_i) + l2 * sum_p p^2
+        # The hinge term is 0 once a point is on its side by a margin of 1; the L2 penalty keeps the
+        # weights small, the boundary smooth.
+        margins = [(1.0 - s * score).relu() for s, score in zip(signs, scores, strict=True)]
+        data_loss = sum(margins) * (1.0 / n)
+        loss = data_loss + l2 * sum(p * p for p in params)
+        model.zero_grad()
+        loss.backward()
+        lr = 1.0 - 0.9 * step / steps  # decays linearly from 1.0 towards 0.1
+        for p in params:
+            p.data -= lr * p.grad  # gradient descent: p = p - lr dL/dp
+        correct = [(score.data > 0) == (s > 0) for s, score in zip(signs, scores, strict=True)]
+        accuracy = sum(correct) / n
+        history["loss"].append(loss.data)
+        history["accuracy"].append(accuracy)
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"  moons step {step:4d}   loss {loss.data:.4f}   accuracy {accuracy:.0%}")
     return model, history
 
 
@@ -687,15 +667,8 @@ def plot_decision_boundary(predict, X, y, path=None, title="", ax=None):
 # numbers and the one loop in backward() does the pushing: no closure allocated per op, no function call per
 # node on the way back, and `__slots__` drops each node's attribute dict. The cost: every op's backward rule must
 # be "one number per input" (true here), and local derivatives are computed even when no backward pass follows.
-# That makes the per-node work only about 1.4x smaller; on the moons demo most of the gain comes from pausing
-# the cycle collector. Measured: 20 steps of train_moons take 2.6x to 3.1x as long with the collector on as
-# paused (Python 3.11.7, 2 shared CPU cores, medians of two sets of 5 runs; the factor moves with load). The
-# classic design cannot pause it: its graph has cycles, node -> closure -> node, which only the collector frees,
-# so pausing it would pile up every step's graph in memory.
-#
-# NumPy hands matrix products to BLAS, which may split a product over several threads. The spiral's products
-# (300 rows, 100 hidden units) are small enough that BLAS runs them on one thread; at this size, threads cost
-# more than they save (10x more on a busy 2-core box).
+# The benchmark measures the difference, and one more: Python's cycle collector, which this graph (having no
+# reference cycles) does not need, and which the command line (Part 5) pauses; RESULTS.md has the figures.
 
 
 # -----------------------------------------------------------------------------
@@ -751,7 +724,14 @@ def main(argv=None):
 
     print(f"Value-MLP(2, [16, 16, 1]) on two moons: 100 points, hinge loss + L2, {args.moons_steps} SGD steps")
     moons_X, moons_y = make_moons(100, 0.1, args.seed)
-    moons_model, _ = train_moons(moons_X, moons_y, args.moons_steps, seed=args.seed, log_every=10)
+    # Each step builds and drops a graph of tens of thousands of Values with no reference cycles: reference
+    # counting frees them, and Python's cycle collector would only walk them in vain, so it is paused here
+    # (benchmarks/bench_micrograd.py measures the difference).
+    gc.disable()
+    try:
+        moons_model, _ = train_moons(moons_X, moons_y, args.moons_steps, seed=args.seed, log_every=10)
+    finally:
+        gc.enable()
     moons_accuracy = value_mlp_accuracy(moons_model, moons_X, moons_y)
 
     print(f"\nNumPy MLP(2, [100, 3]), {args.activation}, on the spiral: 300 points, 3 classes, "

@@ -6,12 +6,26 @@ All start from the same weights (seed 0) and the script checks that they end wit
 
     python benchmarks/bench_micrograd.py              # 3 runs each, median
     python benchmarks/bench_micrograd.py --runs 5 --steps 50
+
+Two things decide the time besides the engine's own work per node:
+- Python's cycle collector. Python frees an object as soon as its reference count drops to 0. Separately,
+  every few hundred allocations, its cycle collector walks the live objects in search of reference cycles,
+  which counting cannot free. micrograd.py's graph has none (a node points only at its inputs), so reference
+  counting alone frees each step's graph, and the collector's walks over tens of thousands of live nodes are
+  wasted: the third row below pauses it. The classic design cannot: its graph has cycles, node -> closure ->
+  node, which only the collector frees, so pausing it would pile up every step's graph in memory.
+- BLAS threads, for micrograd.py's NumPy MLP (not timed here): NumPy hands matrix products to BLAS, which may
+  split a product over several threads. The spiral's products (300 rows, 100 hidden units) are small enough
+  that BLAS keeps each on one thread: at that size a hand-off between threads would cost more than the second
+  core saves.
 """
 
 import argparse
+import gc
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -137,6 +151,18 @@ class ClassicMLP:
         return [p for layer in self.layers for n in layer for p in n.parameters()]
 
 
+@contextmanager
+def cycle_collector_paused():
+    """Switch off Python's cycle collector inside a `with` block, then restore it."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The workload, written once for both designs (the loop of micrograd.train_moons, without its bookkeeping)
 # ------------------------------------------------------------------------------------------------------------
@@ -162,7 +188,7 @@ def time_one(make_model, paused, inputs, signs, steps):
     model = make_model()
     start = time.perf_counter()
     if paused:
-        with micrograd.cycle_collector_paused():
+        with cycle_collector_paused():
             final_loss = train(model, inputs, signs, steps)
     else:
         final_loss = train(model, inputs, signs, steps)
@@ -181,10 +207,10 @@ def main():
     inputs = [[float(a), float(b)] for a, b in X]
     signs = [1.0 if label == 1 else -1.0 for label in y]
     # (name, model maker, cycle collector paused?). The classic design makes reference cycles (node -> closure
-    # -> node), so it cannot run with the collector paused; micrograd.py's graph has none (see its Part 1).
+    # -> node), so it cannot run with the collector paused; micrograd.py's graph has none (see the docstring).
     classic = ("classic: closures, recursive sort", lambda: ClassicMLP(micrograd.MLP(2, [16, 16, 1])), False)
     ours = ("micrograd.py, cycle collector on", lambda: micrograd.MLP(2, [16, 16, 1]), False)
-    ours_paused = ("micrograd.py, as train_moons runs it", lambda: micrograd.MLP(2, [16, 16, 1]), True)
+    ours_paused = ("micrograd.py, cycle collector paused", lambda: micrograd.MLP(2, [16, 16, 1]), True)
     designs = [classic, ours, ours_paused]
     times = {name: [] for name, _, _ in designs}
     losses = {}
