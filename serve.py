@@ -359,6 +359,11 @@ def serve(cfg):
         # request: they are global to the process, so requests that each set and restored them would
         # undo one another's
         with chapter.sampling_settings(model):
+            # and one thread per operation whatever the model's size: each request samples in a thread
+            # of its own, and there a second thread makes every step slower, not faster (OpenMP spins
+            # its waiting threads less once it manages more threads than there are cores; RESULTS.md,
+            # "Serving", has the figures)
+            torch.set_num_threads(1)
             server.serve_forever()
     except KeyboardInterrupt:
         print("stopped serving")

@@ -325,6 +325,37 @@ def test_sampling_settings_choose_threads_by_model_size_turn_onednn_off_and_are_
 
 # ---------------------------------------------------------------- starting it
 
+def test_requests_sample_on_one_thread_whatever_the_model_size(checkpoint, monkeypatch):
+    """Requests sample in threads of their own, where a second intra-op thread slows every step: the server
+    runs with one, even for a model large enough that the command line would take two."""
+    script, out_dir = checkpoint
+    serve, chapter = module("serve"), module(script)
+    monkeypatch.setattr(chapter, "SMALL_STEP", 0)        # as if the model were large
+    monkeypatch.setattr(serve.signal, "signal", lambda *a: None)
+    seen = {}
+
+    class Server:                                       # stands in for ThreadingHTTPServer
+        server_address = ("127.0.0.1", 0)
+
+        def __init__(self, address, handler):
+            pass
+
+        def serve_forever(self):
+            seen.update(threads=torch.get_num_threads(), onednn=torch.backends.mkldnn.enabled)
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+    monkeypatch.setattr("http.server.ThreadingHTTPServer", Server)
+    torch.set_num_threads(2)
+    try:
+        serve.serve(serve.parse_args(["--out_dir", str(out_dir)]))
+        assert seen == {"threads": 1, "onednn": False}
+        assert torch.get_num_threads() == 2                 # restored when serving stops
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
 def test_listening_beyond_this_machine_warns(checkpoint):
     script, out_dir = checkpoint
     proc, url, lines = start_server(out_dir, "--host", "0.0.0.0")
