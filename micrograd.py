@@ -205,7 +205,7 @@ def trace_graph(root):
 #   dz/dw = 1 + 2                    = 3          (w is used twice; the two uses add)
 #   dJ/dw = 0.9051 * 0.0452 * 3      = 0.1227
 # The engine, the hand computation, torch, and finite differences (J(w+h) - J(w-h)) / 2h all give 0.1227
-# (tests/test_micrograd.py). The 0.248 one write-up reports is wrong: notebooks/00_errata.ipynb shows why.
+# (tests/test_micrograd.py). The 0.248 one write-up reports is wrong: notebooks/05_errata.ipynb shows why.
 #
 # Built from Values, the example has a few more nodes than the formulas. Plain numbers (1.0, 2.0, 0.5) become
 # leaf Values. And 0.5 - a has a plain number on the left, so Python calls a.__rsub__(0.5), which computes
