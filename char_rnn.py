@@ -140,7 +140,7 @@ def get_chunk(streams, k, block_size):
 
 # 2a. The vanilla RNN (Elman): the new state is a squashed mix of the input and the old state.
 #   h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
-# Backpropagating through T steps multiplies T Jacobians W_hh^T diag(1 - h'^2) (section 3 does it by
+# Backpropagating through T steps multiplies T Jacobians dh'/dh = diag(1 - h'^2) W_hh (section 3 does it by
 # hand): the gradient shrinks (or explodes) geometrically, so a vanilla RNN struggles to remember far back.
 
 def rnn_cell(xw, h, w_hh, b_hh):
@@ -160,7 +160,7 @@ def rnn_cell(xw, h, w_hh, b_hh):
 # When f is near 1 and i near 0, c passes through unchanged: a memory that lasts many steps.
 # And so does its gradient: along the cell state, dc'/dc = f, elementwise, with no product by a matrix,
 # so stepping back through time scales the gradient by f (near 1 where the cell keeps its memory)
-# instead of multiplying it by W_hh^T diag(1 - h^2) as in the vanilla RNN.
+# instead of multiplying it by the Jacobian diag(1 - h^2) W_hh as in the vanilla RNN.
 
 def lstm_cell(xw, state, w_hh, b_hh):
     """xw: (B, 4H) = W_ih x + b_ih; state: (h, c), each (B, H). Returns (h', c')."""
