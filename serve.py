@@ -349,12 +349,13 @@ def serve(cfg):
     host, port = server.server_address[:2]  # (its threads are daemons: Ctrl-C does not wait for clients)
     if cfg.host not in ("127.0.0.1", "localhost"):
         print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model")
-    print(f"serving {about['kind']} ({about['parameters']:,} parameters, vocabulary {about['vocab_size']}, "
-          f"{about['iters']:,} iterations, val loss {about['val_loss']:.4f}) at http://{host}:{port}/ "
-          "(Ctrl-C stops)", flush=True)
-    for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the server (even where a shell ignored SIGINT)
-        signal.signal(sig, signal.default_int_handler)
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the server (even where a shell ignored SIGINT)
+            signal.signal(sig, signal.default_int_handler)
+        # the address only now: whoever reads it may stop the server at once, and that must be a clean stop
+        print(f"serving {about['kind']} ({about['parameters']:,} parameters, vocabulary {about['vocab_size']}, "
+              f"{about['iters']:,} iterations, val loss {about['val_loss']:.4f}) at http://{host}:{port}/ "
+              "(Ctrl-C stops)", flush=True)
         # the chapter's sampling settings (threads by model size, no oneDNN), entered once for every
         # request: they are global to the process, so requests that each set and restored them would
         # undo one another's

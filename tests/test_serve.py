@@ -365,6 +365,33 @@ def test_listening_beyond_this_machine_warns(checkpoint):
     assert proc.returncode == 0
 
 
+def test_the_address_is_printed_only_once_a_signal_stops_the_server_cleanly(checkpoint, monkeypatch):
+    """A client (or a test) may send SIGTERM the moment it reads the address; by then the handler must be the one
+    that stops the server cleanly, or the process dies of the signal (exit -15) under load. In-process: a print
+    that records the SIGTERM handler when the address is printed, then acts as a Ctrl-C right after it."""
+    import serve
+    script, out_dir = checkpoint
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    seen, said = [], []
+
+    def print_then_interrupt(*args, **kwargs):
+        said.append(" ".join(map(str, args)))
+        if said[-1].startswith("serving"):
+            seen.append(signal.getsignal(signal.SIGTERM))
+            raise KeyboardInterrupt
+    monkeypatch.setattr("builtins.print", print_then_interrupt)
+    try:
+        serve.serve(serve.parse_args(["--out_dir", str(out_dir), "--port", "0"]))
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C right after the address escaped serve(): the address was printed before the handlers")
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        torch.set_num_threads(os.cpu_count() or 1)
+    assert seen == [signal.default_int_handler]
+    assert said[-1] == "stopped serving"
+
+
 def test_serving_without_a_checkpoint_is_one_line(tmp_path):
     assert_one_line_error(run("serve.py", "--out_dir", tmp_path), "no checkpoint")
 
